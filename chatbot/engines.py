@@ -1,0 +1,107 @@
+"""Engines: what turns a registry entry into loaded weights or a client.
+
+An engine class is found by name in the Python entry-point group `chatbot.engines`
+(ours are declared in pyproject.toml; third-party packages add theirs the same way), or
+by a dotted path `package.module:Class`. Adding a backend never edits the factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+
+    from chatbot.registry import ModelEntry
+    from chatbot.settings import Settings
+
+GROUP = "chatbot.engines"
+
+# Used when package metadata is missing (e.g. running from a source tree not installed).
+_BUILTIN = {
+    "transformers": "model_adapters.transformers_chat:TransformersEngine",
+    "sentence-transformers": "model_adapters.embeddings:SentenceTransformersEngine",
+}
+
+
+class Engine:
+    """One loaded backend for one registry entry. Subclasses load weights in __init__."""
+
+    name: ClassVar[str] = ""
+    kinds: ClassVar[frozenset[str]] = frozenset({"chat"})
+    needs_path: ClassVar[bool] = True
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        self.entry = entry
+        self.settings = settings
+
+    @classmethod
+    def unavailable_reason(cls, entry: ModelEntry) -> str | None:
+        """Why this engine cannot run `entry` on this host, or None if it can."""
+        return None
+
+    def chat_model(self, **overrides: Any) -> BaseChatModel:
+        raise NotImplementedError(f"engine {self.name!r} does not serve chat models")
+
+    def embeddings(self) -> Embeddings:
+        raise NotImplementedError(f"engine {self.name!r} does not serve embeddings")
+
+    def memory_bytes(self) -> int:
+        """Resident size of the loaded weights (0 for remote clients)."""
+        return 0
+
+    def close(self) -> None:
+        """Release weights / clients."""
+
+
+def _load_object(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _entry_point_targets() -> dict[str, str]:
+    targets = dict(_BUILTIN)
+    for ep in entry_points(group=GROUP):
+        targets[ep.name] = ep.value
+    return targets
+
+
+def known_engines() -> list[str]:
+    return sorted(_entry_point_targets())
+
+
+def engine_class(name: str) -> type[Engine]:
+    """Look an engine up by entry-point name or dotted path `pkg.mod:Class`."""
+    targets = _entry_point_targets()
+    target = targets.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise LookupError(name)
+    try:
+        cls = _load_object(target)
+    except (ImportError, AttributeError) as exc:
+        raise LookupError(f"{name}: cannot import {target}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise LookupError(f"{name}: {target} is not a chatbot.engines.Engine subclass")
+    return cls
+
+
+def pick_engine(entry: ModelEntry) -> tuple[type[Engine], dict[str, str]]:
+    """First engine in the entry's preference order that can run here.
+
+    Returns the class and, for every engine skipped, the reason it was skipped.
+    """
+    skipped: dict[str, str] = {}
+    for name in entry.engines:
+        cls = engine_class(name)
+        reason = cls.unavailable_reason(entry)
+        if reason is None:
+            return cls, skipped
+        skipped[name] = reason
+    detail = "; ".join(f"{n}: {r}" for n, r in skipped.items())
+    raise RuntimeError(f"model {entry.name!r}: no engine can run on this host ({detail})")

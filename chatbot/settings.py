@@ -1,0 +1,47 @@
+"""Process-wide settings (not per model): env vars CHATBOT_*, a .env file, or arguments."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_commas(value: object) -> object:
+    # Env vars hold comma lists ("a,b"); YAML/kwargs may already be lists.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOT_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    config: Path = Field(Path("models.yaml"), description="Model registry YAML file.")
+    models_root: Path = Field(Path("./llm_models"), description="Base for relative model paths.")
+    data_dir: Path = Field(Path("./data"), description="Knowledge bases, chat history.")
+    host: str = "127.0.0.1"
+    port: int = Field(8888, ge=1, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    public_metrics: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    request_timeout: float = Field(600.0, gt=0, description="Per-request deadline, seconds.")
+
+    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_commas)
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

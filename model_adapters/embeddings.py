@@ -1,0 +1,67 @@
+"""`engine: sentence-transformers` - local embedding models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+
+from chatbot.engines import Engine
+from chatbot.registry import ModelEntry
+from chatbot.settings import Settings
+
+
+class LocalEmbeddings(Embeddings):
+    """LangChain Embeddings over one shared SentenceTransformer."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self._lock = threading.Lock()  # one encode at a time on the shared weights
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        return vectors.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._encode(list(texts)) if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(len(self.model.tokenizer(t)["input_ids"]) for t in texts)
+
+
+class SentenceTransformersEngine(Engine):
+    name = "sentence-transformers"
+    kinds = frozenset({"embeddings"})
+    needs_path = True
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        from model_adapters.hf_engine import pick_device
+
+        super().__init__(entry, settings)
+        self.model = SentenceTransformer(
+            str(entry.resolved_path or entry.path),
+            device=pick_device(entry.options.device),
+            trust_remote_code=entry.options.trust_remote_code,
+        )
+        self._embeddings = LocalEmbeddings(self.model, entry.name)
+
+    def embeddings(self) -> LocalEmbeddings:
+        return self._embeddings
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())

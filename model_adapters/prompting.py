@@ -1,0 +1,51 @@
+"""Chat template rendering for local models, with fallbacks for limited templates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_adapters.messages import fold_system, fold_tools
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
+    kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+    if tools:
+        kwargs["tools"] = tools
+    return tokenizer.apply_chat_template(messages, **kwargs)
+
+
+def template_supports_tools(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    return "tools" in template
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
+    """Render messages with the model's own chat template.
+
+    Templates that reject a system role get the system text folded into the first user
+    turn; templates without tool support get tool turns as plain text (the tool list
+    itself is put in the system prompt by the caller, see model_adapters.tools).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        lines = [f"{m['role']}: {m['content']}" for m in fold_tools(messages)]
+        return "\n".join([*lines, "assistant:"])
+    if tools and not template_supports_tools(tokenizer):
+        tools = None
+    if not template_supports_tools(tokenizer):
+        messages = fold_tools(messages)
+    try:
+        return _apply(tokenizer, messages, tools)
+    except Exception as exc:  # jinja2 TemplateError from raise_exception in the template
+        if not any(m["role"] == "system" for m in messages):
+            raise ValueError(f"the model's chat template rejected the messages: {exc}") from exc
+    try:
+        return _apply(tokenizer, fold_system(messages), tools)
+    except Exception as exc:
+        raise ValueError(f"the model's chat template rejected the messages: {exc}") from exc
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    # The template already wrote BOS and role markers; don't add them twice.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
