@@ -24,6 +24,7 @@ GROUP = "chatbot.engines"
 _BUILTIN = {
     "transformers": "model_adapters.transformers_chat:TransformersEngine",
     "sentence-transformers": "model_adapters.embeddings:SentenceTransformersEngine",
+    "openai": "model_adapters.openai_provider:OpenAIEngine",
 }
 
 

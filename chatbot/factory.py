@@ -41,7 +41,9 @@ def set_registry(registry: Registry | None) -> None:
                 unload(name)
 
 
-def get_engine(name: str | None = None, kind: str = "chat", settings: Settings | None = None) -> Engine:
+def get_engine(
+    name: str | None = None, kind: str = "chat", settings: Settings | None = None
+) -> Engine:
     """The loaded engine for a registry entry, loading it on first use (once, even if
     many threads ask at the same time)."""
     entry = get_registry().get(name, kind)  # type: ignore[arg-type]

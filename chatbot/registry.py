@@ -125,8 +125,8 @@ class RegistryFile(BaseModel):
     default_model: str | None = None
     default_embeddings: str | None = None
     serve: list[str] | None = None
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    embeddings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: dict[str, Any] = Field(default_factory=dict)
+    embeddings: dict[str, Any] = Field(default_factory=dict)
 
 
 class Registry:
@@ -207,12 +207,12 @@ def _expand_env(value: Any, where: str) -> Any:
     return value
 
 
-def _format_error(exc: ValidationError, where: str) -> str:
+def _format_error(exc: ValidationError, where: str, sep: str = ".") -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
         loc = loc.replace(".[", "[")
-        lines.append(f"{where}.{loc}: {err['msg']}" if loc else f"{where}: {err['msg']}")
+        lines.append(f"{where}{sep}{loc}: {err['msg']}" if loc else f"{where}: {err['msg']}")
     return "; ".join(lines)
 
 
@@ -236,7 +236,10 @@ def resolve_model_path(raw: str, models_root: Path) -> Path | str:
             raise FileNotFoundError(f"{candidate} does not exist")
         return candidate
     given = Path(raw).expanduser()
-    tried = [given] if given.is_absolute() else [models_root.expanduser() / given, Path.cwd() / given]
+    if given.is_absolute():
+        tried = [given]
+    else:
+        tried = [models_root.expanduser() / given, Path.cwd() / given]
     for candidate in tried:
         if candidate.exists():
             return candidate.resolve()
@@ -282,7 +285,7 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
     try:
         top = RegistryFile.model_validate(data)
     except ValidationError as exc:
-        raise RegistryError(_format_error(exc, source)) from None
+        raise RegistryError(_format_error(exc, source, sep=": ")) from None
 
     entries: dict[str, ModelEntry] = {}
     for section, kind in (("models", "chat"), ("embeddings", "embeddings")):
@@ -300,10 +303,9 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
             _check_entry(entry, models_root, where)
             entries[str(name)] = entry
 
-    for field in ("serve",):
-        for i, name in enumerate(top.serve or []):
-            if name not in entries:
-                raise RegistryError(f"{source}: serve[{i}]: no entry named {name!r}")
+    for i, name in enumerate(top.serve or []):
+        if name not in entries:
+            raise RegistryError(f"{source}: serve[{i}]: no entry named {name!r}")
     for field, kind in (("default_model", "chat"), ("default_embeddings", "embeddings")):
         name = getattr(top, field)
         if name is not None and (name not in entries or entries[name].kind != kind):

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     config: Path = Field(Path("models.yaml"), description="Model registry YAML file.")
     models_root: Path = Field(Path("./llm_models"), description="Base for relative model paths.")
     data_dir: Path = Field(Path("./data"), description="Knowledge bases, chat history.")
+    vector_store: str = Field(
+        "faiss",
+        description="Knowledge-base store: faiss (on disk under data_dir), a server URL "
+        "(postgresql+psycopg://... for pgvector, chroma://host:port) or module:factory.",
+    )
+    history_db: str | None = Field(
+        None, description="SQLAlchemy URL for chat history (default: SQLite in data_dir)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8888, ge=1, le=65535)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -33,6 +41,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     request_timeout: float = Field(600.0, gt=0, description="Per-request deadline, seconds.")
+    # Model pool (chatbot.pool): bytes or "8GiB"; None = no limit. Idle models are evicted
+    # least recently used first when a new one would not fit.
+    memory_budget_gpu: ByteSize | None = None
+    memory_budget_cpu: ByteSize | None = None
+    pool_wait_timeout: float = Field(
+        300.0, gt=0, description="How long a load waits for busy models to drain, seconds."
+    )
 
     _split = field_validator("api_keys", "cors_origins", mode="before")(_split_commas)
 

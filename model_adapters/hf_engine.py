@@ -1,14 +1,23 @@
-"""Hugging Face transformers runtime: loads weights once, generates on one worker thread.
+"""Hugging Face transformers runtime: loads weights once, generates for many requests at once.
 
-All model work happens on the worker thread, so the event loop never blocks and the
-model is never used from two threads at once. Requests wait in a bounded queue.
+All model work happens on one worker thread, so the event loop never blocks and the model
+is never used from two threads at once. Requests wait in a bounded queue and join the
+running batch between decode steps (continuous batching): new requests are prefilled
+together with left padding, then merged into the batch's KV cache; finished or cancelled
+requests leave the batch at the next step. Each row keeps its own stop strings, sampling
+parameters, seed and constraint (see model_adapters.hf_batch for the cache layout).
+
+Why not transformers' own continuous batching (`generate_batch` / ContinuousBatchingManager):
+in transformers 5.19 it has per-request temperature/top-p but no per-request seed or
+arbitrary per-request logits mask (structured output), and it needs paged attention.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,8 @@ class EngineStats:
     requests: int = 0
     cancelled: int = 0
     generated_tokens: int = 0
+    steps: int = 0  # decode steps (one forward pass for the whole batch each)
+    peak_batch: int = 0  # the most requests decoded together in one step
 
 
 def pick_device(device: str) -> str:
@@ -57,7 +68,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
 
 
 class HFRuntime:
-    """Model + tokenizer + a worker thread that runs generation requests."""
+    """Model + tokenizer + a worker thread that batches generation requests."""
 
     def __init__(
         self,
@@ -67,9 +78,12 @@ class HFRuntime:
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         max_queue: int = 256,
+        max_batch_size: int = 8,
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from model_adapters.hf_batch import Batch, supports_merging
 
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -89,9 +103,20 @@ class HFRuntime:
             or self.tokenizer.model_max_length
         )
         self.eos_ids = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+        self.max_batch_size = max_batch_size
+        if max_batch_size > 1 and not supports_merging(config):
+            log.warning("%s: sliding-window/linear cache: serving requests one at a time", path)
+            self.max_batch_size = 1
+        params = inspect.signature(self.model.forward).parameters
+        self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = EngineStats()
         self.max_queue = max_queue
-        self._queue: queue.Queue[tuple[GenerationRequest, Sink] | None] = queue.Queue()
+        self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batch = Batch(self.device)
         self._worker = threading.Thread(target=self._run, name=f"hf-{Path(path).name}", daemon=True)
         self._worker.start()
 
@@ -119,79 +144,195 @@ class HFRuntime:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         self.check_fits(len(request.prompt_ids), request.max_tokens)
-        if self._queue.qsize() >= self.max_queue:
-            raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
-        self._queue.put((request, sink))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model runtime is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
+            self._waiting.append((request, sink))
+            self._cond.notify()
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
     # --- worker thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            request, sink = item
-            self.stats.requests += 1
-            try:
-                self._generate(request, sink)
-            except Exception as exc:  # noqa: BLE001 - the error goes back to the caller
-                log.exception("generation failed")
-                sink.put(Delta(error=exc, finish_reason="error"))
-
-    def _generate(self, request: GenerationRequest, sink: Sink) -> None:
         import torch
-        from transformers import DynamicCache
 
-        prompt_len = len(request.prompt_ids)
-        # Never run past the context window, whatever max_tokens asked for.
-        budget = min(request.max_tokens, self.context_length - prompt_len)
+        while True:
+            with self._cond:
+                while not (self._closed or self._waiting or self._batch.rows):
+                    self._cond.wait()
+                if self._closed:
+                    break
+                free = self.max_batch_size - len(self._batch)
+                admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            with torch.inference_mode():
+                if admitted:
+                    self._admit(admitted)
+                if self._batch.rows:
+                    try:
+                        self._step()
+                    except Exception as exc:  # noqa: BLE001 - the error goes back to callers
+                        log.exception("generation step failed")
+                        self._fail(self._batch.rows, exc)
+                        self._batch.keep([])
+        closed = RuntimeError("the model runtime was closed")
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), deque()
+        self._fail(self._batch.rows, closed)
+        for _, sink in waiting:
+            sink.put(Delta(error=closed, finish_reason="error"))
+
+    def _new_row(self, request: GenerationRequest, sink: Sink) -> Any:
+        import torch
+
+        from model_adapters.hf_batch import Row
+
         generator = None
         if request.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        stops = StopMatcher(request.stop)
-        decoder = IncrementalDecoder(self.tokenizer)
-        constraint = make_constraint(request.constraint, self.tokenizer, self.model.config)
-        cache = DynamicCache(config=self.model.config)
-        inputs = torch.tensor([request.prompt_ids], device=self.device)
-        produced = 0
-        finish = "length"
-        with torch.inference_mode():
-            while produced < budget:
-                if request.cancel.is_set():
-                    finish = "cancelled"
-                    self.stats.cancelled += 1
-                    break
-                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
-                logits = out.logits[0, -1]
-                if constraint is not None:
-                    logits = constraint.mask(logits)
-                token = sample_next(logits, request.temperature, request.top_p, generator)
-                produced += 1
-                self.stats.generated_tokens += 1
-                if constraint is not None:
-                    constraint.accept(token)
-                if token in self.eos_ids or (constraint is not None and constraint.done()):
-                    if token not in self.eos_ids:
-                        text, hit = stops.feed(decoder.add(token))
-                        sink.put(Delta(text=text))
-                    finish = "stop"
-                    break
-                text, hit = stops.feed(decoder.add(token))
-                if text:
-                    sink.put(Delta(text=text))
-                if hit:
-                    finish = "stop"
-                    break
-                inputs = torch.tensor([[token]], device=self.device)
-        tail = stops.flush() if finish != "stop" else ""
-        sink.put(
-            Delta(
-                text=tail,
-                finish_reason=finish,
-                prompt_tokens=prompt_len,
-                completion_tokens=produced,
-            )
+        return Row(
+            request=request,
+            sink=sink,
+            # Never run past the context window, whatever max_tokens asked for.
+            budget=min(request.max_tokens, self.context_length - len(request.prompt_ids)),
+            stops=StopMatcher(request.stop),
+            decoder=IncrementalDecoder(self.tokenizer),
+            constraint=make_constraint(request.constraint, self.tokenizer, self.model.config),
+            generator=generator,
+            length=len(request.prompt_ids),
         )
+
+    def _admit(self, items: list[tuple[GenerationRequest, Sink]]) -> None:
+        """Prefill new requests together (left-padded), sample their first token, merge."""
+        from transformers import DynamicCache
+
+        from model_adapters.hf_batch import Batch, left_padded
+
+        rows = []
+        for request, sink in items:
+            self.stats.requests += 1
+            try:
+                rows.append(self._new_row(request, sink))
+            except Exception as exc:  # noqa: BLE001 - e.g. a constraint that doesn't compile
+                sink.put(Delta(error=exc, finish_reason="error"))
+        for row in rows:  # cancelled while waiting, or nothing to generate
+            if row.request.cancel.is_set():
+                row.finish = "cancelled"
+            elif row.budget <= 0:
+                row.finish = "length"
+        fresh = Batch(self.device)
+        fresh.rows = rows
+        self._retire(fresh)
+        if not fresh.rows:
+            return
+        ids, mask, positions = left_padded(
+            [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
+        )
+        fresh.cache = DynamicCache(config=self.model.config)
+        try:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=fresh.cache,
+                use_cache=True,
+                **self._logits_to_keep,
+            )
+        except Exception as exc:  # noqa: BLE001 - fail only the new requests
+            log.exception("prefill failed")
+            self._fail(fresh.rows, exc)
+            return
+        self._advance(fresh.rows, out.logits[:, -1])
+        self._retire(fresh)
+        self._batch.merge(fresh.rows, fresh.cache)
+
+    def _step(self) -> None:
+        """One decode step for every running row; finished/cancelled rows leave after it."""
+        batch = self._batch
+        for row in batch.rows:
+            if row.request.cancel.is_set():
+                row.finish = "cancelled"
+        self._retire(batch)
+        if not batch.rows:
+            return
+        self.stats.steps += 1
+        self.stats.peak_batch = max(self.stats.peak_batch, len(batch))
+        out = self.model(**batch.step_inputs(), use_cache=True)
+        for row in batch.rows:
+            row.length += 1
+        self._advance(batch.rows, out.logits[:, -1])
+        self._retire(batch)
+
+    def _advance(self, rows: list[Any], logits: Any) -> None:
+        """Pick each row's next token from its logits row and stream the text it adds."""
+        greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
+        for i, row in enumerate(rows):
+            request = row.request
+            try:
+                if row.constraint is None and request.temperature <= 0:
+                    token = greedy[i]
+                else:
+                    scores = logits[i]
+                    if row.constraint is not None:
+                        scores = row.constraint.mask(scores)
+                    token = sample_next(scores, request.temperature, request.top_p, row.generator)
+                self._emit(row, token)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not fail the batch
+                log.exception("sampling failed")
+                row.sink.put(Delta(error=exc, finish_reason="error"))
+                row.finish = "error"
+
+    def _emit(self, row: Any, token: int) -> None:
+        row.produced += 1
+        row.next_token = token
+        self.stats.generated_tokens += 1
+        constraint = row.constraint
+        if constraint is not None:
+            constraint.accept(token)
+        if token in self.eos_ids:
+            row.finish = "stop"
+            return
+        text, hit = row.stops.feed(row.decoder.add(token))
+        if text:
+            row.sink.put(Delta(text=text))
+        if hit:
+            row.finish = "stop_string"
+        elif constraint is not None and constraint.done():
+            row.finish = "stop"
+        elif row.produced >= row.budget:
+            row.finish = "length"
+
+    def _retire(self, batch: Any) -> None:
+        """Send the last delta of every finished row and drop those rows from the batch."""
+        keep = []
+        for i, row in enumerate(batch.rows):
+            if row.finish is None:
+                keep.append(i)
+                continue
+            if row.finish == "error":
+                continue
+            if row.finish == "cancelled":
+                self.stats.cancelled += 1
+            # Text held back for a possible stop string is real output unless a stop hit.
+            tail = "" if row.finish == "stop_string" else row.stops.flush()
+            row.sink.put(
+                Delta(
+                    text=tail,
+                    finish_reason="stop" if row.finish == "stop_string" else row.finish,
+                    prompt_tokens=len(row.request.prompt_ids),
+                    completion_tokens=row.produced,
+                )
+            )
+        batch.keep(keep)
+
+    def _fail(self, rows: list[Any], exc: BaseException) -> None:
+        for row in rows:
+            row.sink.put(Delta(error=exc, finish_reason="error"))
 
 
 def make_constraint(constraint: Any, tokenizer: Any, config: Any) -> Any:

@@ -21,7 +21,9 @@ def template_supports_tools(tokenizer: Any) -> bool:
     return "tools" in template
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None
+) -> str:
     """Render messages with the model's own chat template.
 
     Templates that reject a system role get the system text folded into the first user

@@ -28,6 +28,7 @@ class TransformersEngine(Engine):
             trust_remote_code=opts.trust_remote_code,
             max_model_len=opts.max_model_len,
             max_queue=entry.max_queue,
+            max_batch_size=entry.max_batch_size,
             load_kwargs=extra.get("load_kwargs"),
         )
 
