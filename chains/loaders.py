@@ -81,7 +81,10 @@ def _load(path: Path) -> list[Document]:
             doc.metadata = {"page": int(doc.metadata.get("page", 0)) + 1}
         return docs
     if suffix in _HTML:
-        docs = BSHTMLLoader(str(path), get_text_separator="\n").load()
+        # The stdlib parser: BeautifulSoup's default (lxml) is not a dependency.
+        html = BSHTMLLoader(str(path), bs_kwargs={"features": "html.parser"},
+                            get_text_separator="\n")
+        docs = html.load()
         for doc in docs:
             doc.metadata = {"title": doc.metadata.get("title") or ""}
         return docs

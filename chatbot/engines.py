@@ -3,6 +3,8 @@
 An engine class is found by name in the Python entry-point group `chatbot.engines`
 (ours are declared in pyproject.toml; third-party packages add theirs the same way), or
 by a dotted path `package.module:Class`. Adding a backend never edits the factory.
+Custom providers (model_adapters.custom_provider.CustomProvider subclasses) are found the
+same way, also in the group `chatbot.providers`, and adapt themselves to an Engine.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ if TYPE_CHECKING:
     from chatbot.settings import Settings
 
 GROUP = "chatbot.engines"
+PROVIDERS = "chatbot.providers"  # custom providers (model_adapters.custom_provider)
 
 # Used when package metadata is missing (e.g. running from a source tree not installed).
 _BUILTIN = {
     "transformers": "model_adapters.transformers_chat:TransformersEngine",
     "sentence-transformers": "model_adapters.embeddings:SentenceTransformersEngine",
     "openai": "model_adapters.openai_provider:OpenAIEngine",
+    "vllm": "model_adapters.vllm_engine:VLLMEngine",
 }
 
 
@@ -68,8 +72,9 @@ def _load_object(target: str) -> Any:
 
 def _entry_point_targets() -> dict[str, str]:
     targets = dict(_BUILTIN)
-    for ep in entry_points(group=GROUP):
-        targets[ep.name] = ep.value
+    for group in (PROVIDERS, GROUP):  # an engine wins over a provider of the same name
+        for ep in entry_points(group=group):
+            targets[ep.name] = ep.value
     return targets
 
 
@@ -79,16 +84,20 @@ def known_engines() -> list[str]:
 
 def engine_class(name: str) -> type[Engine]:
     """Look an engine up by entry-point name or dotted path `pkg.mod:Class`."""
-    targets = _entry_point_targets()
-    target = targets.get(name) or (name if ":" in name else None)
+    # A dotted path needs no scan of installed packages' entry points (slow).
+    target = name if ":" in name else _entry_point_targets().get(name)
     if target is None:
         raise LookupError(name)
     try:
         cls = _load_object(target)
     except (ImportError, AttributeError) as exc:
         raise LookupError(f"{name}: cannot import {target}: {exc}") from exc
+    if callable(getattr(cls, "as_engine", None)):  # a CustomProvider adapts itself
+        cls = cls.as_engine()
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
-        raise LookupError(f"{name}: {target} is not a chatbot.engines.Engine subclass")
+        raise LookupError(
+            f"{name}: {target} is not a chatbot.engines.Engine or CustomProvider subclass"
+        )
     return cls
 
 
@@ -102,6 +111,10 @@ def pick_engine(entry: ModelEntry) -> tuple[type[Engine], dict[str, str]]:
         cls = engine_class(name)
         reason = cls.unavailable_reason(entry)
         if reason is None:
+            if entry.replicas or entry.fallbacks:  # spread over replicas, then fall back
+                from model_adapters.router import routed
+
+                cls = routed(cls)
             return cls, skipped
         skipped[name] = reason
     detail = "; ".join(f"{n}: {r}" for n, r in skipped.items())

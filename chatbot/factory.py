@@ -10,6 +10,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
 from chatbot.engines import Engine, pick_engine
+from chatbot.pool import pool
 from chatbot.registry import Registry, load_registry
 from chatbot.settings import Settings, get_settings
 
@@ -49,6 +50,7 @@ def get_engine(
     entry = get_registry().get(name, kind)  # type: ignore[arg-type]
     with _lock:
         if entry.name in _engines:
+            pool.touch(entry.name)
             return _engines[entry.name]
         gate = _loading.setdefault(entry.name, threading.Lock())
     with gate:
@@ -59,7 +61,10 @@ def get_engine(
         for other, reason in skipped.items():
             log.info("model %s: engine %s skipped: %s", entry.name, other, reason)
         log.info("model %s: loading with engine %s", entry.name, cls.name or cls.__name__)
-        engine = cls(entry, settings or get_settings())
+        # The pool evicts idle models first if a memory budget is set.
+        with pool.loading_model(entry, cls):
+            engine = cls(entry, settings or get_settings())
+            pool.track(entry.name, engine)
         with _lock:
             _engines[entry.name] = engine
             picked[entry.name] = (cls.name or cls.__name__, skipped)
@@ -75,7 +80,8 @@ def unload(name: str) -> bool:
     with _lock:
         engine = _engines.pop(name, None)
     if engine is not None:
-        engine.close()
+        engine.close()  # a pooled runtime waits for requests in flight first
+        pool.forget(name, engine)
     return engine is not None
 
 

@@ -74,6 +74,17 @@ class Replica(BaseModel):
     api_key: SecretStr | None = None
 
 
+class RouterOptions(BaseModel):
+    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["least-in-flight", "round-robin"] = "least-in-flight"
+    cooldown: float = Field(30.0, ge=0, description="Seconds a failed replica is skipped.")
+    backoff: float = Field(0.1, ge=0, description="First retry delay, doubled per retry.")
+    max_backoff: float = Field(2.0, ge=0)
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +108,7 @@ class ModelEntry(BaseModel):
     max_retries: int = Field(2, ge=0)
     replicas: list[Replica] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
+    router: RouterOptions = Field(default_factory=RouterOptions)
     params: dict[str, Any] = Field(default_factory=dict, description="Extra provider params.")
     # Behaviour.
     defaults: Generation = Field(default_factory=Generation)
@@ -259,11 +271,16 @@ def _check_entry(entry: ModelEntry, models_root: Path, where: str) -> None:
             cls = engine_class(name)
         except LookupError as exc:
             field = "provider" if entry.provider else f"engines[{i}]"
+            found = exc.args and exc.args[0] != name  # found but unusable: say why
+            reason = exc.args[0] if found else f"unknown engine {name!r}"
             raise RegistryError(
-                f"{where}.{field}: unknown engine {name!r} (known: {known_engines()})"
+                f"{where}.{field}: {reason} (known: {known_engines()})"
             ) from exc
         if entry.kind not in cls.kinds:
             raise RegistryError(f"{where}: engine {name!r} cannot serve {entry.kind} models")
+        if entry.replicas and cls.needs_path:
+            raise RegistryError(f"{where}.replicas: engine {name!r} is local; replicas need "
+                                "a remote provider (each replica is a base_url)")
         if cls.needs_path and entry.path is None:
             raise RegistryError(f"{where}.path: engine {name!r} needs a 'path'")
         if not cls.needs_path and entry.model is None and entry.path is None:
@@ -316,6 +333,16 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
                 raise RegistryError(
                     f"{source}: models.{entry.name}.fallbacks[{i}]: no other entry named {fb!r}"
                 )
+    for entry in entries.values():  # a fallback chain that loops back would never end
+        path, todo = [entry.name], list(entry.fallbacks)
+        while todo:
+            name = todo.pop()
+            if name == entry.name:
+                raise RegistryError(f"{source}: models.{entry.name}.fallbacks: fallbacks "
+                                    f"form a cycle back to {entry.name!r}")
+            if name not in path:
+                path.append(name)
+                todo.extend(entries[name].fallbacks)
     return Registry(entries, top.default_model, top.default_embeddings, top.serve, source)
 
 

@@ -8,19 +8,30 @@ output live in model_adapters.tools, shared by every local runtime.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, model_validator
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
 from model_adapters.prompting import encode, render_chat
+from model_adapters.structured import structured_output_runnable
+from model_adapters.tool_parsers import ParsedOutput, ToolCallParser, get_parser
+from model_adapters.tool_stream import ToolCallStream
+from model_adapters.tools import (
+    add_tools_to_messages,
+    forcing_constraint,
+    normalize_tool_choice,
+    normalize_tools,
+)
 
 
 class ChatLocal(BaseChatModel):
@@ -62,17 +73,76 @@ class ChatLocal(BaseChatModel):
             "max_tokens": self.max_tokens,
         }
 
+    # --- tools and structured output ---------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, pydantic models, functions, OpenAI dicts).
+
+        tool_choice: "auto" (default), "none", "required"/"any"/True (some tool), or a
+        tool name / {"type": "function", "function": {"name": ...}} to force that tool.
+        Forced choices are decoded under a grammar, so the call is always valid.
+        """
+        formatted = normalize_tools(tools)
+        normalize_tool_choice(tool_choice, formatted)  # fail now, not at invoke time
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Output that matches `schema` (pydantic, TypedDict, JSON schema), grammar-forced."""
+        return structured_output_runnable(self, schema, method, include_raw, **kwargs)
+
     # --- request building ------------------------------------------------------------
 
     def prompt_ids(self, messages: list[BaseMessage], tools: list[dict] | None = None) -> list[int]:
-        text = render_chat(self.runtime.tokenizer, to_chat_dicts(messages), tools)
+        dicts = to_chat_dicts(messages)
+        template_tools = None
+        if tools:
+            parser = get_parser(self.tool_parser, self.runtime.tokenizer)
+            dicts, template_tools = add_tools_to_messages(
+                dicts, tools, self.runtime.tokenizer, parser
+            )
+        text = render_chat(self.runtime.tokenizer, dicts, template_tools)
         return encode(self.runtime.tokenizer, text)
+
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[GenerationRequest, _Output]:
+        tools = normalize_tools(kwargs.get("tools"))
+        choice = normalize_tool_choice(kwargs.get("tool_choice"), tools)
+        if choice == "none":
+            tools = []  # like OpenAI: the model answers in text
+        parser = get_parser(self.tool_parser, self.runtime.tokenizer) if tools else None
+        max_tokens = int(kwargs.get("max_tokens") or self.max_tokens)
+        constraint = None
+        if parser is not None:
+            constraint = forcing_constraint(tools, choice, parser, max_tokens)
+        if constraint is None:
+            constraint = response_format_constraint(kwargs.get("response_format"), max_tokens)
+        if constraint is not None:
+            model = getattr(self.runtime, "model", None)
+            check_constraint(constraint, self.runtime.tokenizer, getattr(model, "config", None))
+        prompt = self.prompt_ids(messages, tools)
+        request = self.request_for_prompt(prompt, stop, **{**kwargs, "constraint": constraint})
+        return request, _Output(self.model, parser)
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any
     ) -> GenerationRequest:
-        prompt = self.prompt_ids(messages, kwargs.get("tools"))
-        return self.request_for_prompt(prompt, stop, **kwargs)
+        return self._prepare(messages, stop, kwargs)[0]
 
     def request_for_prompt(
         self, prompt_ids: list[int], stop: list[str] | None = None, **kwargs: Any
@@ -88,24 +158,7 @@ class ChatLocal(BaseChatModel):
             constraint=kwargs.get("constraint"),
         )
 
-    # --- deltas -> chunks ------------------------------------------------------------
-
-    def _chunk(self, delta: Delta) -> ChatGenerationChunk:
-        if delta.finish_reason is None:
-            return ChatGenerationChunk(message=AIMessageChunk(content=delta.text))
-        usage = UsageMetadata(
-            input_tokens=delta.prompt_tokens,
-            output_tokens=delta.completion_tokens,
-            total_tokens=delta.prompt_tokens + delta.completion_tokens,
-        )
-        info = {"finish_reason": delta.finish_reason, "model_name": self.model}
-        message = AIMessageChunk(
-            content=delta.text,
-            usage_metadata=usage,
-            response_metadata={**info, "model_provider": "chatbot"},
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=message, generation_info=info)
+    # --- generation: _stream and _astream share _Output, _generate reuses them -------
 
     def _stream(
         self,
@@ -114,12 +167,20 @@ class ChatLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, **kwargs)
+        request, output = self._prepare(messages, stop, kwargs)
+        yield from self._run_sync(request, output, run_manager)
+
+    def _run_sync(
+        self,
+        request: GenerationRequest,
+        output: _Output,
+        run_manager: CallbackManagerForLLMRun | None,
+    ) -> Iterator[ChatGenerationChunk]:
         for delta in stream_sync(self.runtime.submit, request):
-            chunk = self._chunk(delta)
-            if run_manager and delta.text:
-                run_manager.on_llm_new_token(delta.text, chunk=chunk)
-            yield chunk
+            for chunk in output.chunks(delta):
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(
         self,
@@ -128,28 +189,21 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, **kwargs)
-        async for delta in stream_async(self.runtime.submit, request):
-            chunk = self._chunk(delta)
-            if run_manager and delta.text:
-                await run_manager.on_llm_new_token(delta.text, chunk=chunk)
+        request, output = self._prepare(messages, stop, kwargs)
+        async for chunk in self._run_async(request, output, run_manager):
             yield chunk
 
-    @staticmethod
-    def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
-        merged = chunks[0]
-        for chunk in chunks[1:]:
-            merged += chunk
-        msg = merged.message
-        message = AIMessage(
-            content=msg.content,
-            usage_metadata=msg.usage_metadata,
-            response_metadata=msg.response_metadata,
-            id=msg.id,
-        )
-        return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info=merged.generation_info)]
-        )
+    async def _run_async(
+        self,
+        request: GenerationRequest,
+        output: _Output,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for delta in stream_async(self.runtime.submit, request):
+            for chunk in output.chunks(delta):
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     def _generate(
         self,
@@ -158,7 +212,8 @@ class ChatLocal(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._result(list(self._stream(messages, stop, run_manager, **kwargs)))
+        request, output = self._prepare(messages, stop, kwargs)
+        return output.result(list(self._run_sync(request, output, run_manager)))
 
     async def _agenerate(
         self,
@@ -167,5 +222,72 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
-        return self._result(chunks)
+        request, output = self._prepare(messages, stop, kwargs)
+        chunks = [c async for c in self._run_async(request, output, run_manager)]
+        return output.result(chunks)
+
+
+class _Output:
+    """Runtime deltas -> message chunks for one request; tool calls parsed as they stream."""
+
+    def __init__(self, model: str, parser: ToolCallParser | None) -> None:
+        self.model = model
+        self.stream = ToolCallStream(parser) if parser else None
+        self.parsed: ParsedOutput | None = None
+
+    def chunks(self, delta: Delta) -> list[ChatGenerationChunk]:
+        text, calls = delta.text, []
+        if self.stream is not None:
+            text, calls = self.stream.feed(delta.text)
+            if delta.finish_reason is not None:
+                tail, more, self.parsed = self.stream.finish()
+                text, calls = text + tail, calls + more
+        if delta.finish_reason is None:
+            if not text and not calls:
+                return []
+            return [
+                ChatGenerationChunk(message=AIMessageChunk(content=text, tool_call_chunks=calls))
+            ]
+        usage = UsageMetadata(
+            input_tokens=delta.prompt_tokens,
+            output_tokens=delta.completion_tokens,
+            total_tokens=delta.prompt_tokens + delta.completion_tokens,
+        )
+        finish = delta.finish_reason
+        if finish == "stop" and self.parsed is not None and self.parsed.tool_calls:
+            finish = "tool_calls"
+        info = {"finish_reason": finish, "model_name": self.model}
+        message = AIMessageChunk(
+            content=text,
+            tool_call_chunks=calls,
+            usage_metadata=usage,
+            response_metadata={**info, "model_provider": "chatbot"},
+            chunk_position="last",
+        )
+        return [ChatGenerationChunk(message=message, generation_info=info)]
+
+    def result(self, chunks: list[ChatGenerationChunk]) -> ChatResult:
+        merged = chunks[0]
+        for chunk in chunks[1:]:
+            merged += chunk
+        msg = merged.message
+        content = msg.content
+        tool_calls, invalid = [], []
+        if self.parsed is not None:  # the strict whole-text parse, with error messages
+            content = self.parsed.content
+            tool_calls, invalid = self.parsed.tool_calls, self.parsed.invalid_tool_calls
+            # Keep the ids streamed to callbacks, so both views name calls the same.
+            for call, streamed in zip(tool_calls, msg.tool_call_chunks, strict=False):
+                if streamed.get("id") and streamed.get("name") == call["name"]:
+                    call["id"] = streamed["id"]
+        message = AIMessage(
+            content=content,
+            tool_calls=tool_calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=msg.usage_metadata,
+            response_metadata=msg.response_metadata,
+            id=msg.id,
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=merged.generation_info)]
+        )

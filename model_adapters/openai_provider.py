@@ -67,7 +67,7 @@ def _api_key(entry: ModelEntry) -> SecretStr:
     )
 
 
-def _split_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     """Params the LangChain class knows become its fields; the rest go in the request body
     (`extra_body`), which is how compatible servers take their own knobs (top_k, ...)."""
     known = set(cls.model_fields)
@@ -76,7 +76,7 @@ def _split_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any], di
     extra = {k: v for k, v in params.items() if k not in known}
     if extra:
         fields["extra_body"] = {**(fields.get("extra_body") or {}), **extra}
-    return fields, extra
+    return fields
 
 
 def _client_kwargs(entry: ModelEntry) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def build_chat_model(entry: ModelEntry, **overrides: Any) -> BaseChatModel:
         defaults.pop("stop", None)
     # Compatible servers report usage in streams when asked; OpenAI does too.
     params = {"stream_usage": True, **entry.params, **defaults, **overrides}
-    fields, _ = _split_params(cls, params)
+    fields = _split_params(cls, params)
     return cls(model=entry.model, **_client_kwargs(entry), **fields)
 
 

@@ -15,12 +15,27 @@ class TransformersEngine(Engine):
     kinds = frozenset({"chat"})
     needs_path = True
 
+    @classmethod
+    def unavailable_reason(cls, entry: ModelEntry) -> str | None:
+        from chatbot.quantize import is_gptq_checkpoint, missing_gptq_packages
+
+        if entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
+            missing = missing_gptq_packages()
+            if missing:
+                return f"GPTQ checkpoint needs {', '.join(missing)}: pip install '.[gptq]'"
+        return None
+
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        from model_adapters.hf_engine import HFRuntime
+        from chatbot.quantize import is_gptq_checkpoint
+        from model_adapters.hf_engine import HFRuntime, pick_device
 
         super().__init__(entry, settings)
         opts = entry.options
         extra = dict(opts.model_extra or {})
+        load_kwargs = dict(extra.get("load_kwargs") or {})
+        if entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
+            # gptqmodel picks its int4 kernel for the device at load time: load in place.
+            load_kwargs.setdefault("device_map", pick_device(opts.device))
         self.runtime = HFRuntime(
             entry.resolved_path or entry.path or "",
             device=opts.device,
@@ -29,7 +44,7 @@ class TransformersEngine(Engine):
             max_model_len=opts.max_model_len,
             max_queue=entry.max_queue,
             max_batch_size=entry.max_batch_size,
-            load_kwargs=extra.get("load_kwargs"),
+            load_kwargs=load_kwargs,
         )
 
     def chat_model(self, **overrides: Any) -> ChatLocal:

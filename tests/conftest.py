@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["tests.fixtures_server"]
+
 # On 2 busy cores the tiny model is ~20x faster single-threaded.
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +28,11 @@ models:
     defaults: {{temperature: 0, max_tokens: 16}}
   tiny-plain:
     path: tiny-plain
+    defaults: {{temperature: 0, max_tokens: 16}}
+  tiny-batched:  # tests/test_batching.py: its own copy, small batch and queue limits
+    path: tiny-qwen2
+    max_batch_size: 4
+    max_queue: 4
     defaults: {{temperature: 0, max_tokens: 16}}
 embeddings:
   minilm:

@@ -5,7 +5,7 @@
 on a free 127.0.0.1 port from a background thread. Set `upstream.fault` at any time:
 
 - "none": answer normally: "<name> says: <last user text>" (cut to max_tokens words)
-- "500" / "429": that HTTP status with OpenAI's error JSON
+- "400" / "429" / "500" / "503": that HTTP status with OpenAI's error JSON
 - "hang": sleep `hang_s` before answering (a client timeout should fire first)
 - "drop": send the status line, then close the connection before any body
 - "drop-mid-stream": stream `drop_after` chunks, then drop the connection
@@ -34,7 +34,7 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-Fault = Literal["none", "500", "429", "hang", "drop", "drop-mid-stream"]
+Fault = Literal["none", "400", "429", "500", "503", "hang", "drop", "drop-mid-stream"]
 DIM = 8
 
 
@@ -158,9 +158,9 @@ class Upstream:
     async def _fault_response(self) -> Response | None:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self.fault in ("500", "429"):
+        if self.fault.isdigit():
             code = int(self.fault)
-            kind = "server_error" if code == 500 else "rate_limit_exceeded"
+            kind = {400: "invalid_request_error", 429: "rate_limit_exceeded"}.get(code, "server_error")
             msg = f"{self.name}: injected {code}"
             return JSONResponse({"error": {"message": msg, "type": kind}}, status_code=code)
         if self.fault == "hang":

@@ -1,0 +1,135 @@
+"""Memory: the server's resident memory (RSS) after loading one model and serving 100
+requests through three routes (/v1, LangServe /models/{name}, and a chain) is one copy of
+the weights, not one per route.
+
+    python bench/memory.py [--model NAME|DIR] [--requests 100] [--threads 1]
+
+The server (`chatbot.api.app:create_app` under uvicorn) runs in its own process, with the
+model entry marked `lazy` so that it loads on the first request: RSS is read from
+/proc/<pid>/status before loading, after loading and after the requests. The default
+model is a small random one (hidden 768, 6 layers, ~170 MB of float32 weights) so that
+the weights dominate the noise; `--model` takes a registry name or a directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    add_model_args,
+    free_port,
+    messages,
+    model_dir,
+    print_table,
+    registry_for,
+    server,
+    set_threads,
+)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def weights_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors")) or sum(
+        f.stat().st_size for f in path.glob("*.bin")
+    )
+
+
+@contextlib.contextmanager
+def small_model(model: str | None):
+    if model:
+        with model_dir(model) as path:
+            yield path
+        return
+    from chatbot.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="bench-small-") as tmp:
+        yield build_tiny_model(Path(tmp) / "small", hidden_size=768, num_heads=12, num_layers=6)
+
+
+async def serve_requests(base: str, name: str, total: int, max_tokens: int) -> dict[str, int]:
+    import httpx
+
+    routes = {"/v1/chat/completions": 0, f"/models/{name}/invoke": 0,
+              "/chains/conversation/invoke": 0}
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+
+        async def one(i: int) -> None:
+            route = list(routes)[i % 3]
+            if route.startswith("/v1"):
+                body = {"model": name, "messages": messages(i), "max_tokens": max_tokens}
+            elif route.startswith("/models"):
+                body = {"input": messages(i), "config": {}, "kwargs": {}}
+            else:
+                body = {"input": {"input": messages(i)[0]["content"], "session_id": f"s{i % 5}",
+                                  "model": name}}
+            reply = await client.post(route, json=body)
+            if reply.status_code != 200:
+                raise RuntimeError(f"{route}: {reply.status_code} {reply.text[:300]}")
+            routes[route] += 1
+
+        for start in range(0, total, 8):  # 8 at a time: the batching path is exercised too
+            await asyncio.gather(*(one(i) for i in range(start, min(start + 8, total))))
+    return routes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    with contextlib.ExitStack() as stack:
+        path = stack.enter_context(small_model(args.model))
+        name = stack.enter_context(registry_for(path, lazy=True))
+        from chatbot.settings import get_settings
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "chatbot.api.app:create_app",
+               "--port", str(port), "--log-level", "warning"]
+        env = {"CHATBOT_CONFIG": str(get_settings().config)}
+        proc = stack.enter_context(server(cmd, f"{base}/health", "bench-memory", env))
+        before = rss_bytes(proc.pid)
+        asyncio.run(serve_requests(base, name, 1, args.max_tokens))  # loads the model
+        loaded = rss_bytes(proc.pid)
+        counts = asyncio.run(serve_requests(base, name, args.requests, args.max_tokens))
+        after = rss_bytes(proc.pid)
+    weights = weights_bytes(path)
+    mib = 1024 * 1024
+    rows = [
+        ["weights on disk", f"{weights / mib:.1f}", "1.00"],
+        ["RSS before loading", f"{before / mib:.1f}", ""],
+        ["RSS after loading (+ vs before)", f"{(loaded - before) / mib:+.1f}",
+         f"{(loaded - before) / weights:.2f}"],
+        [f"RSS after {args.requests} requests (+ vs before loading)",
+         f"{(after - before) / mib:+.1f}", f"{(after - before) / weights:.2f}"],
+        ["growth while serving (after - loaded)", f"{(after - loaded) / mib:+.1f}",
+         f"{(after - loaded) / weights:.2f}"],
+    ]
+    copies = (after - before) / weights
+    notes = [
+        "requests per route: " + ", ".join(f"{r} {n}" for r, n in counts.items()),
+        f"target: one copy of the weights: (RSS after - before) / weights = {copies:.2f} "
+        f"({'met' if copies < 1.5 else 'NOT met'}: < 1.5 means no route loaded its own copy)",
+        f"torch threads={args.threads}; model={args.model or 'small random (built)'}",
+    ]
+    print_table("Memory: one model served through 3 routes", ["measure", "MiB", "x weights"],
+                rows, notes)
+
+
+if __name__ == "__main__":
+    main()

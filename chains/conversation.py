@@ -1,0 +1,133 @@
+"""Chat with memory: history per session id, persisted (SQLite in data_dir by default).
+
+    chat = build_conversation_chain("tiny", system_prompt="You are terse.")
+    chat.invoke({"input": "Hi, I'm Ana"}, config={"configurable": {"session_id": "ana"}})
+
+The whole history is kept in the database; what the model sees is trimmed to its
+context window by token count (newest turns first, the system prompt always kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, trim_messages
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables.history import RunnableWithMessageHistory
+
+from chains.rag import chat_model
+from chains.tokens import DEFAULT_CONTEXT, context_window, output_reserve, token_counter
+from chatbot.settings import get_settings
+
+_engines: dict[str, Any] = {}
+_engines_lock = threading.Lock()
+MAX_SESSION_ID = 256
+
+
+def history_url() -> str:
+    """settings.history_db, or a SQLite file in settings.data_dir."""
+    settings = get_settings()
+    if settings.history_db:
+        return settings.history_db
+    data = Path(settings.data_dir).expanduser().resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data / 'chat_history.sqlite'}"
+
+
+def _engine(url: str) -> Any:
+    from sqlalchemy import create_engine
+
+    with _engines_lock:  # one connection pool per database, shared by all sessions
+        if url not in _engines:
+            _engines[url] = create_engine(url)
+        return _engines[url]
+
+
+@functools.cache
+def _sql_history_class() -> type:
+    from langchain_community.chat_message_histories import SQLChatMessageHistory
+
+    class SQLHistory(SQLChatMessageHistory):
+        """LangChain's SQL history; its async methods need an async engine, so with a
+        sync engine they run the sync ones in a thread (the server calls them)."""
+
+        async def aget_messages(self) -> list[BaseMessage]:
+            if self.async_mode:
+                return await super().aget_messages()
+            return await asyncio.to_thread(lambda: self.messages)
+
+        async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+            if self.async_mode:
+                return await super().aadd_messages(messages)
+            await asyncio.to_thread(self.add_messages, messages)
+
+        async def aclear(self) -> None:
+            if self.async_mode:
+                return await super().aclear()
+            await asyncio.to_thread(self.clear)
+
+    return SQLHistory
+
+
+def check_session_id(session_id: Any) -> str:
+    if not isinstance(session_id, str) or not session_id.strip():
+        raise ValueError("session_id: must be a non-empty string")
+    if len(session_id) > MAX_SESSION_ID:
+        raise ValueError(f"session_id: at most {MAX_SESSION_ID} characters")
+    return session_id
+
+
+def get_history(session_id: str, url: str | None = None) -> BaseChatMessageHistory:
+    """The persisted history of one session (created on first use)."""
+    check_session_id(session_id)
+    return _sql_history_class()(session_id=session_id, connection=_engine(url or history_url()))
+
+
+def build_conversation_chain(
+    model: BaseChatModel | str | None = None,
+    *,
+    system_prompt: str | None = None,
+    get_session_history: Callable[[str], BaseChatMessageHistory] = get_history,
+    max_input_tokens: int | None = None,
+) -> RunnableWithMessageHistory:
+    """A chat chain with memory. Input `{"input": "..."}`, config
+    `{"configurable": {"session_id": "..."}}`; output the model's AIMessage."""
+    llm = chat_model(model)
+    budget = max_input_tokens or (context_window(llm) or DEFAULT_CONTEXT) - output_reserve(llm)
+    if budget <= 0:
+        raise ValueError(f"max_input_tokens: the model leaves no room for input ({budget})")
+    trim = trim_messages(
+        max_tokens=budget,
+        token_counter=token_counter(llm),
+        strategy="last",
+        start_on="human",  # never start with a dangling AI or tool message
+        include_system=True,
+        allow_partial=False,
+    )
+
+    def fit(messages: Any) -> list[BaseMessage]:
+        kept = trim.invoke(messages)
+        if not any(isinstance(m, HumanMessage) for m in kept):
+            raise ValueError(f"input: the message does not fit the model's context window "
+                             f"({budget} tokens for input)")
+        return kept
+
+    head = [SystemMessage(system_prompt)] if system_prompt else []
+    prompt = ChatPromptTemplate.from_messages(
+        [*head, MessagesPlaceholder("history"), ("human", "{input}")]
+    )
+    chain: Runnable = prompt | RunnableLambda(fit, name="trim_to_context") | llm
+    return RunnableWithMessageHistory(
+        chain,
+        get_session_history,
+        input_messages_key="input",
+        history_messages_key="history",
+    ).with_config(run_name="conversation")

@@ -1,0 +1,223 @@
+"""What the server needs to serve the chains.
+
+- `add_chain_routes(app)`: `/chains/rag`, `/chains/conversation`, `/chains/agent` as
+  LangServe routes (invoke, batch, stream, stream_events, playground).
+- `resolve_rag_model("docs")` / `resolve_rag_model("docs/tiny")`: the chat model behind
+  `model: "rag:docs"` (default model) or `"rag:docs/tiny"` on /v1/chat/completions. Its
+  messages carry the sources in `response_metadata["sources"]`; the OpenAI routes send
+  them as an extra top-level `sources` field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+)
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import BaseModel, ConfigDict, Field
+
+from chains.rag import (
+    SYSTEM_PROMPT,
+    RagOutput,
+    build_rag_chain,
+    fit_docs,
+    format_context,
+    to_sources,
+)
+
+SOURCES = "sources"
+
+
+class RagChatModel(BaseChatModel):
+    """A chat model that answers from a knowledge base: the last user message is the
+    question, retrieved passages go in a system message, and the first chunk's
+    `response_metadata["sources"]` lists them."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: BaseChatModel
+    retriever: BaseRetriever
+    kb: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "rag"
+
+    def _question(self, messages: list[BaseMessage]) -> str:
+        for message in reversed(messages):
+            if isinstance(message, HumanMessage) and message.text.strip():
+                return message.text
+        raise ValueError("messages: a RAG model needs a user message to answer")
+
+    def _prompt(self, messages: list[BaseMessage], docs: list) -> tuple[list[BaseMessage], list]:
+        docs = fit_docs(self.llm, docs, self._question(messages))
+        system = SystemMessage(SYSTEM_PROMPT.format(context=format_context(docs)))
+        return [system, *messages], to_sources(docs)
+
+    @staticmethod
+    def _wrap(chunk: AIMessageChunk, sources: list | None) -> ChatGenerationChunk:
+        if sources is not None:
+            chunk = chunk.model_copy(
+                update={"response_metadata": {**chunk.response_metadata, SOURCES: sources}}
+            )
+        return ChatGenerationChunk(message=chunk)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        docs = self.retriever.invoke(self._question(messages))
+        prompt, sources = self._prompt(messages, docs)
+        pending: list | None = sources
+        for chunk in self.llm.stream(prompt, stop=stop, **kwargs):
+            yield self._wrap(chunk, pending)  # type: ignore[arg-type]
+            pending = None
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        docs = await self.retriever.ainvoke(self._question(messages))
+        prompt, sources = self._prompt(messages, docs)
+        pending: list | None = sources
+        async for chunk in self.llm.astream(prompt, stop=stop, **kwargs):
+            yield self._wrap(chunk, pending)  # type: ignore[arg-type]
+            pending = None
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        from langchain_core.language_models.chat_models import generate_from_stream
+
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        from langchain_core.language_models.chat_models import agenerate_from_stream
+
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+
+async def resolve_rag_model(spec: str, settings: Any = None, k: int = 4,
+                            **overrides: Any) -> RagChatModel:
+    """`"kb"` or `"kb/model"` (the part after `rag:`) -> a RagChatModel; the model must be
+    served (404 otherwise), an unknown KB is a 404 and an empty one a 400."""
+    from chains.kb import UnknownKB, open_store
+    from chatbot import factory
+    from chatbot.api.errors import APIError
+    from chatbot.api.models import load_engine, served_entry
+
+    kb_name, _, model_name = spec.partition("/")
+    entry = served_entry(model_name or None, "chat")
+    try:
+        store = await asyncio.to_thread(open_store, kb_name)
+    except UnknownKB as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    await load_engine(entry, settings)
+    llm = factory.get_chat_model(entry.name, **overrides)
+    return RagChatModel(llm=llm, retriever=store.as_retriever(search_kwargs={"k": k}), kb=kb_name)
+
+
+# --- /chains/{name} ----------------------------------------------------------------
+
+
+class RagRequest(BaseModel):
+    question: str = Field(min_length=1)
+    kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
+    model: str | None = Field(None, description="Served chat model (default: the default).")
+    k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
+
+
+class ConversationRequest(BaseModel):
+    input: str = Field(min_length=1)
+    session_id: str = Field(min_length=1, max_length=256)
+    model: str | None = None
+    system_prompt: str | None = None
+
+
+class AgentRequest(BaseModel):
+    input: str = Field(min_length=1)
+    kb: str | None = Field(None, description="Adds a search tool over this knowledge base.")
+    model: str | None = None
+
+
+def _model(name: str | None) -> BaseChatModel:
+    from chatbot import factory
+    from chatbot.api.models import served_entry
+
+    return factory.get_chat_model(served_entry(name, "chat").name)
+
+
+def _request(model: type[BaseModel], value: Any) -> Any:
+    data = value.model_dump() if isinstance(value, BaseModel) else value
+    return model.model_validate(data)
+
+
+def rag_runnable() -> Runnable:
+    def build(value: Any) -> Runnable:
+        req = _request(RagRequest, value)
+        return build_rag_chain(model=_model(req.model), store=req.kb, k=req.k)
+
+    return RunnableLambda(build, name="rag").with_types(input_type=RagRequest,
+                                                        output_type=RagOutput)
+
+
+def conversation_runnable() -> Runnable:
+    from chains.conversation import build_conversation_chain
+
+    def build(value: Any) -> Runnable:
+        req = _request(ConversationRequest, value)
+        chain = build_conversation_chain(_model(req.model), system_prompt=req.system_prompt)
+        return chain.with_config(configurable={"session_id": req.session_id})
+
+    return RunnableLambda(build, name="conversation").with_types(
+        input_type=ConversationRequest, output_type=AIMessage
+    )
+
+
+def agent_chain_runnable() -> Runnable:
+    from chains.agent import AgentOutput, agent_runnable, build_agent
+
+    def build(value: Any) -> Runnable:
+        req = _request(AgentRequest, value)
+        return agent_runnable(build_agent(_model(req.model), kb=req.kb))
+
+    return RunnableLambda(build, name="agent").with_types(input_type=AgentRequest,
+                                                          output_type=AgentOutput)
+
+
+def chain_runnables() -> dict[str, Runnable]:
+    return {
+        "rag": rag_runnable(),
+        "conversation": conversation_runnable(),
+        "agent": agent_chain_runnable(),
+    }
+
+
+def add_chain_routes(app: Any) -> list[str]:
+    """Mount every chain at /chains/{name}; returns the paths."""
+    from chatbot.api.langserve_routes import add_runnable_routes
+
+    paths = []
+    for name, runnable in chain_runnables().items():
+        add_runnable_routes(app, f"/chains/{name}", runnable)
+        paths.append(f"/chains/{name}")
+    return paths

@@ -1,0 +1,201 @@
+"""The one place that maps exceptions to OpenAI error JSON and HTTP status codes.
+
+Every error a client sees, from any route (OpenAI, LangServe, ops) and in any form (a
+JSON response, or an SSE error event in the middle of a stream), is built here:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": null}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_adapters.generation import ContextLengthError, QueueFullError
+from model_adapters.messages import UnsupportedContentError
+
+log = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+# The `type` OpenAI uses for each status we answer with.
+_TYPES = {
+    400: INVALID_REQUEST,
+    401: INVALID_REQUEST,
+    403: INVALID_REQUEST,
+    404: INVALID_REQUEST,
+    405: INVALID_REQUEST,
+    413: INVALID_REQUEST,
+    415: INVALID_REQUEST,
+    422: INVALID_REQUEST,
+    429: "rate_limit_error",
+    500: SERVER_ERROR,
+    503: SERVER_ERROR,
+    504: SERVER_ERROR,
+}
+
+
+class APIError(Exception):
+    """An error answered to the client as OpenAI error JSON with `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, SERVER_ERROR if status >= 500 else INVALID_REQUEST)
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+# --- constructors for the common cases -------------------------------------------------
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(name: str | None, kind: str = "model") -> APIError:
+    return APIError(
+        404,
+        f"The {kind} {name!r} does not exist or is not served here (see GET /v1/models).",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def model_unavailable(name: str, reason: str) -> APIError:
+    return APIError(503, f"Model {name!r} is unavailable: {reason}", code="model_unavailable")
+
+
+# --- validation errors -> the field they name -------------------------------------------
+
+
+def loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """("body", "messages", 0, "content") -> "messages[0].content"."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "tagged-union", "union[", "list[", "str", "dict[")):
+            continue  # pydantic union-branch names, not fields
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def from_validation(errors: list[dict[str, Any]]) -> APIError:
+    """Pydantic / FastAPI validation errors -> one 400 naming the first bad field."""
+    errors = [e if isinstance(e, dict) else {"msg": str(e)} for e in errors]
+    if not errors:
+        return bad_request("Invalid request.")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return bad_request(f"The request body is not valid JSON: {detail}".rstrip(": "))
+    param = loc_to_param(first.get("loc", ()))
+    messages = []
+    for err in errors[:3]:
+        where = loc_to_param(err.get("loc", ()))
+        text = err.get("msg", "invalid value")
+        if where is None and err.get("type") == "missing":
+            text = "a JSON request body is required"
+        messages.append(f"Invalid '{where}': {text}" if where else text)
+    if len(errors) > 3:
+        messages.append(f"... and {len(errors) - 3} more")
+    return bad_request("; ".join(messages) + ".", param=param)
+
+
+# --- the mapping ----------------------------------------------------------------------
+
+
+def from_exception(exc: BaseException) -> APIError:
+    """Map any exception to the APIError the client should see."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param="messages", code=ContextLengthError.code)
+    if isinstance(exc, QueueFullError):
+        return APIError(
+            429,
+            f"The server is busy: {exc}. Retry shortly.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, UnsupportedContentError):
+        return APIError(400, str(exc), param="messages", code="unsupported_content")
+    if isinstance(exc, RequestValidationError):
+        return from_validation(list(exc.errors()))
+    if isinstance(exc, ValidationError):
+        return from_validation(exc.errors(include_url=False))  # type: ignore[arg-type]
+    if isinstance(exc, StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+    if isinstance(exc, TimeoutError):
+        return APIError(504, "The request took longer than the server allows.", code="timeout")
+    if isinstance(exc, ValueError):
+        # Models raise ValueError for input they reject (e.g. a chat template refusing a
+        # role order). That is the client's input, not a server fault.
+        return bad_request(str(exc) or "Invalid request.")
+    return APIError(500, "The server had an error while processing your request.", code=None)
+
+
+def log_error(exc: BaseException, api: APIError) -> None:
+    if api.status >= 500:
+        log.error("request failed: %s", api.message, exc_info=exc)
+    else:
+        log.info("request rejected (%d): %s", api.status, api.message)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every known exception type through `from_exception`."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        api = from_exception(exc)
+        log_error(exc, api)
+        return api.response()
+
+    for exc_type in (
+        APIError,
+        RequestValidationError,
+        ValidationError,
+        StarletteHTTPException,
+        ContextLengthError,
+        QueueFullError,
+        UnsupportedContentError,
+        ValueError,
+    ):
+        app.add_exception_handler(exc_type, handle)

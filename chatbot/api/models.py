@@ -1,0 +1,257 @@
+"""Which models the server answers for, and how a request's model name becomes a model.
+
+- `resolve_chat_model(name, **overrides)`: the one function that turns a request's
+  `model` into something with `astream(messages, stop=..., **kwargs)`. Add branches
+  here for names that are not registry entries (e.g. `rag:<kb>` chains, routers).
+- `resolve_embeddings(name)`: the same for embeddings.
+- `model_card(entry)`: the /v1/models object for one entry.
+- `chat_runnable(name)`: a Runnable that builds the model on each call (for LangServe),
+  so a lazy model loads on first use, not when routes are added.
+- `ModelLoader`: loads the non-lazy served models at start-up; /ready asks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Union
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, MessageLikeRepresentation
+from langchain_core.prompt_values import ChatPromptValueConcrete, StringPromptValue
+from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import ValidationError
+
+from chatbot import factory
+from chatbot.api.errors import APIError, from_validation, model_not_found, model_unavailable
+from chatbot.registry import ModelEntry
+from chatbot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+# --- lookup ------------------------------------------------------------------------
+
+
+def served_entry(name: str | None, kind: str = "chat") -> ModelEntry:
+    """The served registry entry for `name` (None: the registry's default), else 404."""
+    registry = factory.get_registry()
+    if not name:
+        name = registry.default_model if kind == "chat" else registry.default_embeddings
+    entry = registry.entries.get(name or "")
+    if entry is None or entry.kind != kind or entry.name not in registry.serve:
+        raise model_not_found(name, "model" if kind == "chat" else "embeddings model")
+    return entry
+
+
+async def load_engine(entry: ModelEntry, settings: Settings | None = None) -> Any:
+    """The entry's loaded engine; loads it (off the event loop) on first use.
+
+    Load failures are a 503 for this model only; the server and other models go on.
+    """
+    engine = factory.loaded().get(entry.name)
+    if engine is not None:
+        return engine
+    try:
+        return await asyncio.to_thread(factory.get_engine, entry.name, entry.kind, settings)
+    except Exception as exc:  # noqa: BLE001 - any load failure is this model's problem
+        log.error("model %s failed to load: %s", entry.name, exc, exc_info=exc)
+        raise model_unavailable(entry.name, f"it failed to load ({exc})") from exc
+
+
+async def resolve_chat_model(
+    name: str | None, settings: Settings | None = None, **overrides: Any
+) -> Runnable:
+    """The chat model a request named, with per-request generation overrides applied."""
+    if name and name.startswith("rag:"):  # a knowledge base: "rag:<kb>" or "rag:<kb>/<model>"
+        from chains.serving import resolve_rag_model
+
+        return await resolve_rag_model(name.removeprefix("rag:"), settings, **overrides)
+    entry = served_entry(name, "chat")
+    await load_engine(entry, settings)
+    try:
+        return factory.get_chat_model(entry.name, **overrides)
+    except ValidationError as exc:
+        raise from_validation(exc.errors(include_url=False)) from None  # type: ignore[arg-type]
+
+
+async def resolve_embeddings(name: str | None, settings: Settings | None = None) -> Embeddings:
+    entry = served_entry(name, "embeddings")
+    await load_engine(entry, settings)
+    return factory.get_embeddings(entry.name)
+
+
+# --- capabilities ------------------------------------------------------------------
+
+
+def supports_tools(model: Any) -> bool:
+    """Whether a chat model implements bind_tools (LangChain's base class raises)."""
+    explicit = getattr(model, "supports_tools", None)
+    if isinstance(explicit, bool):
+        return explicit
+    return isinstance(model, BaseChatModel) and type(model).bind_tools is not BaseChatModel.bind_tools
+
+
+def supports_response_format(model: Any) -> bool:
+    """Whether the model honours a `response_format` invoke kwarg.
+
+    A model class may say so with a `supports_response_format` attribute; otherwise
+    models that implement tool calling are assumed to (LangChain providers do).
+    """
+    explicit = getattr(model, "supports_response_format", None)
+    if isinstance(explicit, bool):
+        return explicit
+    return supports_tools(model)
+
+
+def capabilities(entry: ModelEntry) -> list[str]:
+    if entry.kind == "embeddings":
+        return ["embeddings"]
+    from model_adapters.capabilities import model_capabilities
+
+    caps = model_capabilities(entry, factory.loaded().get(entry.name))
+    extra = ("tools", "tool_choice", "json_schema", "json_object", "vision")
+    return ["chat", "completions", "streaming", *(n for n in extra if getattr(caps, n))]
+
+
+def context_length(entry: ModelEntry) -> int | None:
+    engine = factory.loaded().get(entry.name)
+    runtime = getattr(engine, "runtime", None)
+    value = getattr(runtime, "context_length", None)
+    return int(value) if isinstance(value, int) else entry.options.max_model_len
+
+
+def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
+    """The /v1/models object for one registry entry: OpenAI's fields plus ours."""
+    picked = factory.picked.get(entry.name)
+    loaded = entry.name in factory.loaded()
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": created,
+        "owned_by": entry.provider or "chatbot",
+        "kind": entry.kind,
+        "description": entry.description,
+        "engines": list(entry.engines),
+        "engine": picked[0] if picked else None,
+        "engines_skipped": dict(picked[1]) if picked else {},
+        "loaded": loaded,
+        "lazy": entry.lazy,
+        "capabilities": capabilities(entry),
+        "context_length": context_length(entry) if loaded else entry.options.max_model_len,
+    }
+
+
+# --- LangServe ---------------------------------------------------------------------
+
+# LanguageModelInput with concrete prompt values: LangServe validates request bodies
+# against this type, and the abstract PromptValue cannot be built (a TypeError, a 500).
+ChatInput = Union[  # noqa: UP007 - a runtime type expression
+    StringPromptValue, ChatPromptValueConcrete, str, Sequence[MessageLikeRepresentation]
+]
+
+
+def chat_runnable(name: str) -> Runnable:
+    """A Runnable over registry chat model `name`, built (and loaded) per call."""
+
+    def build(_input: Any) -> Runnable:
+        try:
+            return factory.get_chat_model(name)
+        except Exception as exc:  # noqa: BLE001
+            log.error("model %s failed to load: %s", name, exc, exc_info=exc)
+            raise model_unavailable(name, f"it failed to load ({exc})") from exc
+
+    return RunnableLambda(build, name=name).with_types(
+        input_type=ChatInput, output_type=AIMessage
+    )
+
+
+# --- start-up loading --------------------------------------------------------------
+
+
+class ModelLoader:
+    """Loads every served, non-lazy model in a background thread with a progress display."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.errors: dict[str, str] = {}
+        self.started_at = time.time()
+        self._thread: threading.Thread | None = None
+
+    def targets(self) -> list[ModelEntry]:
+        return [e for e in factory.get_registry().served() if not e.lazy]
+
+    def status(self) -> dict[str, str]:
+        loaded = factory.loaded()
+        out = {}
+        for entry in factory.get_registry().served():
+            if entry.name in loaded:
+                out[entry.name] = "loaded"
+            elif entry.name in self.errors:
+                out[entry.name] = "failed"
+            elif entry.lazy:
+                out[entry.name] = "lazy"
+            else:
+                out[entry.name] = "loading"
+        return out
+
+    def ready(self) -> bool:
+        loaded = factory.loaded()
+        return all(e.name in loaded for e in self.targets())
+
+    def load_all(self, show_progress: bool = True) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        targets = [e for e in self.targets() if e.name not in factory.loaded()]
+        if not targets:
+            return
+        console = Console(stderr=True)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, disable=not show_progress) as progress:
+            tasks = {
+                e.name: progress.add_task(f"[cyan]{e.name}[/] waiting", total=1) for e in targets
+            }
+            for entry in targets:
+                task = tasks[entry.name]
+                progress.update(task, description=f"[cyan]{entry.name}[/] loading")
+                try:
+                    factory.get_engine(entry.name, entry.kind, self.settings)
+                except Exception as exc:  # noqa: BLE001 - one bad model must not stop the rest
+                    self.errors[entry.name] = str(exc)
+                    log.error("model %s failed to load: %s", entry.name, exc, exc_info=exc)
+                    progress.update(task, description=f"[red]{entry.name}[/] failed: {exc}")
+                else:
+                    engine = factory.picked.get(entry.name, ("?", {}))[0]
+                    progress.update(
+                        task, description=f"[green]{entry.name}[/] loaded ({engine})", completed=1
+                    )
+
+    def start(self, show_progress: bool = True) -> threading.Thread:
+        self._thread = threading.Thread(
+            target=self.load_all, args=(show_progress,), name="chatbot-loader", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+__all__ = [
+    "APIError",
+    "ModelLoader",
+    "chat_runnable",
+    "load_engine",
+    "model_card",
+    "resolve_chat_model",
+    "resolve_embeddings",
+    "served_entry",
+    "supports_response_format",
+    "supports_tools",
+]

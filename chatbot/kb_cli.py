@@ -1,0 +1,86 @@
+"""`chatbot kb ...`: manage knowledge bases (ingest, list, delete)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+kb_app = typer.Typer(help="Knowledge bases for RAG: ingest files, list, delete.",
+                     no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@kb_app.command()
+def ingest(
+    name: Annotated[str, typer.Argument(help="Knowledge-base name (created if new).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories (recursive).")],
+    embeddings: Annotated[
+        str | None, typer.Option(help="Embeddings model from the registry (default: its default).")
+    ] = None,
+) -> None:
+    """Add or update files: txt, md, pdf, html and source code. Unchanged files are skipped."""
+    from chains.kb import KBError
+    from chains.kb import ingest as do_ingest
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"ingesting into {name}", total=None)
+
+        def report(path: str, done: int, total: int) -> None:
+            label = Path(path).name if path else "saving"
+            bar.update(task, completed=done, total=total, description=f"{name}: {label}")
+
+        try:
+            result = do_ingest(name, paths, embeddings=embeddings, progress=report)
+        except (KBError, ValueError, KeyError, FileNotFoundError) as exc:
+            _fail(str(exc).strip("'\""))
+            return
+    console.print(
+        f"{name}: {len(result.added)} added, {len(result.updated)} updated, "
+        f"{len(result.unchanged)} unchanged; {result.chunks} chunks", highlight=False
+    )
+
+
+@kb_app.command("list")
+def list_() -> None:
+    """Knowledge bases with their file and chunk counts."""
+    from chains.kb import list_kbs
+
+    infos = list_kbs()
+    if not infos:
+        console.print("no knowledge bases yet: chatbot kb ingest NAME PATH...")
+        return
+    table = Table("name", "files", "chunks", "embeddings", "store")
+    for info in infos:
+        table.add_row(info.name, str(info.files), str(info.chunks), info.embeddings, info.store)
+    console.print(table)
+
+
+@kb_app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="Knowledge base to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a knowledge base and its index."""
+    from chains.kb import KBError, delete_kb, read_manifest
+
+    try:
+        read_manifest(name)
+        if not yes:
+            typer.confirm(f"delete knowledge base {name!r}?", abort=True)
+        delete_kb(name)
+    except KBError as exc:
+        _fail(str(exc))
+    console.print(f"deleted {name}")

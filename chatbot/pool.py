@@ -1,0 +1,319 @@
+"""The model pool: which local models are resident, within a memory budget.
+
+Models load lazily on first use, or at start-up for entries with `lazy: false`
+(`preload`). With `memory_budget_gpu` / `memory_budget_cpu` set, loading a model that
+would not fit first evicts the least recently used *idle* model on the same device.
+A model with requests in flight is never evicted; unloading one drains it first.
+
+Every loaded runtime is wrapped in a `PooledRuntime` that counts requests in flight.
+After its model is unloaded, a `PooledRuntime` (held by a ChatLocal a user kept) sends
+new requests to a freshly loaded copy, so evicting a model never breaks its clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatbot.engines import Engine
+    from chatbot.registry import ModelEntry, Registry
+    from model_adapters.generation import Delta, GenerationRequest, Sink
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+class PoolBusyError(RuntimeError):
+    """No room for a model: every resident model is busy for longer than the wait limit."""
+
+
+@dataclass
+class Resident:
+    """A loaded model as the pool sees it."""
+
+    engine: Engine
+    device: str  # "gpu" | "cpu"
+    memory: int
+    runtime: PooledRuntime | None
+    last_use: float = field(default_factory=time.time)
+    leaving: bool = False  # chosen for eviction
+
+    def in_flight(self) -> int:
+        return self.runtime.in_flight if self.runtime is not None else 0
+
+
+class _TrackingSink:
+    """Passes deltas on and reports the request finished at its last delta."""
+
+    def __init__(self, inner: Sink, done: Any) -> None:
+        self._inner = inner
+        self._done = done
+        self._finished = False
+
+    def put(self, delta: Delta) -> None:
+        self._inner.put(delta)
+        if (delta.finish_reason or delta.error) and not self._finished:
+            self._finished = True
+            self._done()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+class PooledRuntime:
+    """Stands in for an engine's runtime (same `submit` contract) and counts requests."""
+
+    def __init__(self, name: str, real: Any, pool: ModelPool) -> None:
+        self.name = name
+        self._real = real
+        self._pool = pool
+        # Kept after unload: ChatLocal renders prompts before it submits.
+        self.tokenizer = real.tokenizer
+        self.context_length = real.context_length
+        self.device = getattr(real, "device", "cpu")
+        self.in_flight = 0
+        self.closed = False
+
+    def __getattr__(self, attr: str) -> Any:
+        real = self.__dict__.get("_real")
+        if real is None:
+            raise AttributeError(f"{attr} (model {self.__dict__.get('name')!r} was unloaded)")
+        return getattr(real, attr)
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        if not self._pool._enter(self):
+            # This copy was unloaded: use (or load) the current one.
+            from chatbot.factory import get_engine
+
+            get_engine(self.name).runtime.submit(request, sink)
+            return
+        try:
+            self._real.submit(request, _TrackingSink(sink, lambda: self._pool._leave(self)))
+        except BaseException:
+            self._pool._leave(self)
+            raise
+
+    def close(self) -> None:
+        """Refuse new requests, wait for those in flight, then close the real runtime."""
+        self._pool._drain(self)
+        real, self._real = self._real, None
+        if real is not None and hasattr(real, "close"):
+            real.close()
+
+
+def weights_bytes(path: Path | None) -> int:
+    """Size of the weight files of a local checkpoint (an estimate before loading)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _device_class(device: str) -> str:
+    return "cpu" if str(device).startswith("cpu") else "gpu"
+
+
+class ModelPool:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self.resident: dict[str, Resident] = {}
+        self.loading: set[str] = set()
+        self.loads: dict[str, int] = {}
+        self.last_use: dict[str, float] = {}
+
+    # --- request accounting (PooledRuntime) ------------------------------------------
+
+    def _enter(self, runtime: PooledRuntime) -> bool:
+        with self._cond:
+            if runtime.closed:
+                return False
+            runtime.in_flight += 1
+            self.last_use[runtime.name] = time.time()
+            if (res := self.resident.get(runtime.name)) is not None:
+                res.last_use = self.last_use[runtime.name]
+            return True
+
+    def _leave(self, runtime: PooledRuntime) -> None:
+        with self._cond:
+            runtime.in_flight -= 1
+            self._cond.notify_all()
+
+    def _drain(self, runtime: PooledRuntime) -> None:
+        with self._cond:
+            runtime.closed = True
+            self._cond.wait_for(lambda: runtime.in_flight == 0)
+
+    # --- hooks called by chatbot.factory ---------------------------------------------
+
+    def touch(self, name: str) -> None:
+        with self._cond:
+            self.last_use[name] = time.time()
+            if (res := self.resident.get(name)) is not None:
+                res.last_use = self.last_use[name]
+
+    @contextmanager
+    def loading_model(self, entry: ModelEntry, cls: type[Engine]) -> Iterator[None]:
+        """Make room for `entry`, then let the caller load it (state 'loading' meanwhile)."""
+        with self._cond:
+            self.loading.add(entry.name)
+        try:
+            self.make_room(entry, cls)
+            yield
+        finally:
+            with self._cond:
+                self.loading.discard(entry.name)
+
+    def track(self, name: str, engine: Engine) -> None:
+        """Record a freshly loaded engine and wrap its runtime to count requests."""
+        runtime = getattr(engine, "runtime", None)
+        pooled = None
+        if runtime is not None and hasattr(runtime, "submit"):
+            pooled = PooledRuntime(name, runtime, self)
+            engine.runtime = pooled  # type: ignore[attr-defined]
+        device = getattr(runtime, "device", None) or getattr(engine, "device", "cpu")
+        with self._cond:
+            self.resident[name] = Resident(
+                engine, _device_class(device), engine.memory_bytes(), pooled
+            )
+            self.loads[name] = self.loads.get(name, 0) + 1
+            self.last_use[name] = time.time()
+
+    def forget(self, name: str, engine: Engine) -> None:
+        with self._cond:
+            if (res := self.resident.get(name)) is not None and res.engine is engine:
+                del self.resident[name]
+            self._cond.notify_all()
+
+    # --- budget ----------------------------------------------------------------------
+
+    @staticmethod
+    def budget(device: str) -> int | None:
+        from chatbot.settings import get_settings
+
+        s = get_settings()
+        value = s.memory_budget_gpu if device == "gpu" else s.memory_budget_cpu
+        return int(value) if value is not None else None
+
+    def used(self, device: str) -> int:
+        with self._cond:
+            return sum(r.memory for r in self.resident.values() if r.device == device)
+
+    @staticmethod
+    def estimate(entry: ModelEntry, cls: type[Engine]) -> tuple[str, int]:
+        """(device class, bytes) a model will take once loaded, before loading it."""
+        custom = getattr(cls, "estimate_memory", None)
+        if custom is not None:
+            device, size = custom(entry)
+            return _device_class(device), int(size)
+        if not cls.needs_path:
+            return "cpu", 0  # a remote client
+        from model_adapters.hf_engine import pick_device
+
+        return _device_class(pick_device(entry.options.device)), weights_bytes(entry.resolved_path)
+
+    def make_room(self, entry: ModelEntry, cls: type[Engine]) -> None:
+        """Evict idle models, least recently used first, until `entry` fits its budget."""
+        from chatbot import factory
+        from chatbot.settings import get_settings
+
+        device, need = self.estimate(entry, cls)
+        budget = self.budget(device)
+        if budget is None or need == 0:
+            return
+        deadline = time.monotonic() + get_settings().pool_wait_timeout
+        while True:
+            victim: Resident | None = None
+            with factory._lock, self._cond:
+                used = self.used(device)
+                if used + need <= budget:
+                    return
+                others = [
+                    (name, r)
+                    for name, r in self.resident.items()
+                    if r.device == device and name != entry.name
+                ]
+                idle = [(n, r) for n, r in others if not r.leaving and r.in_flight() == 0]
+                if idle:
+                    name, victim = min(idle, key=lambda item: item[1].last_use)
+                    victim.leaving = True
+                    if victim.runtime is not None:
+                        victim.runtime.closed = True  # no new request can enter it now
+                    factory._engines.pop(name, None)
+                elif not others:
+                    log.warning(
+                        "model %s (%d bytes) exceeds the %s budget of %d bytes; loading anyway",
+                        entry.name, need, device, budget,
+                    )
+                    return
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        busy = ", ".join(n for n, _ in others)
+                        raise PoolBusyError(
+                            f"no room to load {entry.name!r} in the {device} budget "
+                            f"({budget} bytes): models still busy: {busy}"
+                        )
+            if victim is not None:
+                log.info("model pool: evicting idle model %s to load %s", name, entry.name)
+                victim.engine.close()
+                self.forget(name, victim.engine)
+                continue
+            # Wait outside factory._lock so that busy models can finish their requests.
+            with self._cond:
+                self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+
+    # --- start-up and admin ----------------------------------------------------------
+
+    def preload(self, registry: Registry) -> list[str]:
+        """Load every served local entry that is not `lazy`. Returns the names loaded."""
+        from chatbot.factory import get_engine
+
+        done = []
+        for entry in registry.served():
+            if entry.is_local and not entry.lazy:
+                get_engine(entry.name, entry.kind)
+                done.append(entry.name)
+        return done
+
+    def state(self, name: str) -> str:
+        with self._cond:
+            res = self.resident.get(name)
+            if res is not None:
+                if res.leaving or (res.runtime is not None and res.runtime.closed):
+                    return "draining"
+                return "loaded"
+            return "loading" if name in self.loading else "unloaded"
+
+    def describe(self, entry: ModelEntry) -> dict[str, Any]:
+        """State, memory, last use and requests in flight of one registry entry."""
+        from chatbot.factory import picked
+
+        with self._cond:
+            res = self.resident.get(entry.name)
+            last = self.last_use.get(entry.name)
+            engine, skipped = picked.get(entry.name, (None, {}))
+            return {
+                "name": entry.name,
+                "kind": entry.kind,
+                "state": self.state(entry.name),
+                "engine": engine,
+                "skipped_engines": skipped,
+                "device": res.device if res else None,
+                "memory_bytes": res.memory if res else 0,
+                "in_flight": res.in_flight() if res else 0,
+                "last_used": last,
+                "loads": self.loads.get(entry.name, 0),
+                "lazy": entry.lazy,
+            }
+
+
+pool = ModelPool()

@@ -1,0 +1,1 @@
+"""Example custom providers (see model_adapters.custom_provider)."""

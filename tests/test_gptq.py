@@ -1,0 +1,94 @@
+"""GPTQ int4 for real on CPU: quantize the tiny Llama once per run with `chatbot.quantize`
+(what `chatbot quantize` runs), load it through the registry with `engine: transformers`,
+and run LangChain's standard integration suite on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from chatbot import factory
+from chatbot.quantize import is_gptq_checkpoint, load_calibration, quantize
+from model_adapters.local_chat import ChatLocal
+from tests.extra_models import extra_models
+
+if importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("optimum") is None:
+    pytest.skip("gptqmodel/optimum not installed (pip install '.[gptq]')", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def gptq_dir(models_root):
+    """tiny-llama quantized to 4 bits, group size 128 (~35-90 s on 2 cores)."""
+    return quantize(models_root / "tiny-llama", models_root / "tiny-gptq", bits=4, group_size=128)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gptq_registry(_registry, gptq_dir, models_root):
+    models = {
+        "tiny-gptq": {
+            "path": "tiny-gptq",
+            "engines": ["transformers"],
+            "defaults": {"temperature": 0, "max_tokens": 16},
+            "options": {"device": "cpu"},
+        }
+    }
+    with extra_models(models, models_root) as registry:
+        yield registry
+
+
+def test_checkpoint_is_gptq_int4(gptq_dir, models_root) -> None:
+    config = json.loads((gptq_dir / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert is_gptq_checkpoint(gptq_dir)
+    assert qc["bits"] == 4 and qc["group_size"] == 128
+    assert (gptq_dir / "chat_template.jinja").exists()
+    size = (gptq_dir / "model.safetensors").stat().st_size
+    assert size < (models_root / "tiny-llama" / "model.safetensors").stat().st_size / 2
+
+
+def test_loads_int4_layers_through_the_registry() -> None:
+    engine = factory.get_engine("tiny-gptq")
+    assert factory.picked["tiny-gptq"][0] == "transformers"
+    model = engine.runtime.model
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert hasattr(q_proj, "qweight") and q_proj.bits == 4  # a gptqmodel int4 kernel
+    out = engine.chat_model(max_tokens=8).invoke("hello")
+    assert out.content and out.usage_metadata["output_tokens"] > 0
+
+
+def test_calibration_file_formats(tmp_path) -> None:
+    (tmp_path / "c.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    (tmp_path / "c.json").write_text('["a", {"text": "b"}]')
+    (tmp_path / "c.txt").write_text("first paragraph\nstill first\n\nsecond\n")
+    assert load_calibration(tmp_path / "c.jsonl") == ["one", "two"]
+    assert load_calibration(tmp_path / "c.json") == ["a", "b"]
+    assert load_calibration(tmp_path / "c.txt") == ["first paragraph\nstill first", "second"]
+
+
+class TestGPTQIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatLocal]:
+        return ChatLocal
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "tiny-gptq", "temperature": 0, "max_tokens": 16}
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False

