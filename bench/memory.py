@@ -71,7 +71,8 @@ async def serve_requests(base: str, name: str, total: int, max_tokens: int) -> d
             if route.startswith("/v1"):
                 body = {"model": name, "messages": messages(i), "max_tokens": max_tokens}
             elif route.startswith("/models"):
-                body = {"input": messages(i), "config": {}, "kwargs": {}}
+                text = messages(i)[0]["content"]  # LangServe's message format
+                body = {"input": [{"type": "human", "content": text}], "config": {}, "kwargs": {}}
             else:
                 body = {"input": {"input": messages(i)[0]["content"], "session_id": f"s{i % 5}",
                                   "model": name}}
@@ -108,7 +109,7 @@ def main() -> None:
         loaded = rss_bytes(proc.pid)
         counts = asyncio.run(serve_requests(base, name, args.requests, args.max_tokens))
         after = rss_bytes(proc.pid)
-    weights = weights_bytes(path)
+        weights = weights_bytes(path)
     mib = 1024 * 1024
     rows = [
         ["weights on disk", f"{weights / mib:.1f}", "1.00"],

@@ -1,7 +1,8 @@
 """Chat with memory: history per session id, persisted (SQLite in data_dir by default).
 
     chat = build_conversation_chain("tiny", system_prompt="You are terse.")
-    chat.invoke({"input": "Hi, I'm Ana"}, config={"configurable": {"session_id": "ana"}})
+    chat.invoke({"input": "Hi, I'm Ana", "session_id": "ana"})
+    for chunk in chat.stream({"input": "Who am I?", "session_id": "ana"}): ...
 
 The whole history is kept in the database; what the model sees is trimmed to its
 context window by token count (newest turns first, the system prompt always kept).
@@ -12,16 +13,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, trim_messages
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    BaseMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    message_chunk_to_message,
+    trim_messages,
+)
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable, RunnableLambda
-from langchain_core.runnables.history import RunnableWithMessageHistory
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
+from pydantic import BaseModel, Field
 
 from chains.rag import chat_model
 from chains.tokens import DEFAULT_CONTEXT, context_window, output_reserve, token_counter
@@ -91,15 +100,35 @@ def get_history(session_id: str, url: str | None = None) -> BaseChatMessageHisto
     return _sql_history_class()(session_id=session_id, connection=_engine(url or history_url()))
 
 
+class ConversationInput(BaseModel):
+    input: str = Field(min_length=1, description="The user's message.")
+    session_id: str | None = Field(
+        None, description="Conversation id (or config['configurable']['session_id'])."
+    )
+
+
+class _Conversation(RunnableGenerator):
+    """Streams like a generator; invoke returns one AIMessage (not a merged chunk)."""
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return message_chunk_to_message(super().invoke(input, config, **kwargs))
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        return message_chunk_to_message(await super().ainvoke(input, config, **kwargs))
+
+
 def build_conversation_chain(
     model: BaseChatModel | str | None = None,
     *,
     system_prompt: str | None = None,
     get_session_history: Callable[[str], BaseChatMessageHistory] = get_history,
     max_input_tokens: int | None = None,
-) -> RunnableWithMessageHistory:
-    """A chat chain with memory. Input `{"input": "..."}`, config
-    `{"configurable": {"session_id": "..."}}`; output the model's AIMessage."""
+) -> Runnable:
+    """A chat chain with memory. Input `{"input": "...", "session_id": "..."}` (or the
+    session id in `config["configurable"]["session_id"]`); output the model's AIMessage.
+    The turn is saved once the answer is complete (a failed turn leaves no trace)."""
     llm = chat_model(model)
     budget = max_input_tokens or (context_window(llm) or DEFAULT_CONTEXT) - output_reserve(llm)
     if budget <= 0:
@@ -124,10 +153,37 @@ def build_conversation_chain(
     prompt = ChatPromptTemplate.from_messages(
         [*head, MessagesPlaceholder("history"), ("human", "{input}")]
     )
-    chain: Runnable = prompt | RunnableLambda(fit, name="trim_to_context") | llm
-    return RunnableWithMessageHistory(
-        chain,
-        get_session_history,
-        input_messages_key="input",
-        history_messages_key="history",
-    ).with_config(run_name="conversation")
+    answer: Runnable = prompt | RunnableLambda(fit, name="trim_to_context") | llm
+
+    def turn(value: Any, config: RunnableConfig) -> tuple[str, BaseChatMessageHistory]:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        data = value if isinstance(value, dict) else {"input": value}
+        text = data.get("input")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("input: must be a non-empty string")
+        sid = data.get("session_id") or (config.get("configurable") or {}).get("session_id")
+        return text, get_session_history(check_session_id(sid))
+
+    def run(inputs: Iterator[Any], config: RunnableConfig) -> Iterator[BaseMessageChunk]:
+        text, history = turn(list(inputs)[-1], config)
+        reply = None
+        for chunk in answer.stream({"input": text, "history": history.messages}, config):
+            reply = chunk if reply is None else reply + chunk
+            yield chunk
+        history.add_messages([HumanMessage(text), message_chunk_to_message(reply)])
+
+    async def arun(
+        inputs: AsyncIterator[Any], config: RunnableConfig
+    ) -> AsyncIterator[BaseMessageChunk]:
+        text, history = turn([v async for v in inputs][-1], config)
+        reply = None
+        past = await history.aget_messages()
+        async for chunk in answer.astream({"input": text, "history": past}, config):
+            reply = chunk if reply is None else reply + chunk
+            yield chunk
+        await history.aadd_messages([HumanMessage(text), message_chunk_to_message(reply)])
+
+    return _Conversation(run, arun, name="conversation").with_types(
+        input_type=ConversationInput, output_type=AIMessage
+    )

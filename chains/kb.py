@@ -16,6 +16,7 @@ the server and only the manifest is kept here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -172,15 +173,23 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
         raise EmptyKB(f"knowledge base {name!r} is empty: ingest some files first")
     emb, _ = _resolve_embeddings(embeddings, manifest.embeddings)
     if manifest.store != "faiss":
-        return open_external_store(get_settings().vector_store, name, emb)
+        spec = get_settings().vector_store
+        if is_embedded(spec):
+            raise KBError(f"knowledge base {name!r} lives in a vector-store server: set "
+                          "CHATBOT_VECTOR_STORE to it")
+        return open_external_store(spec, name, emb)
     live = _live_dir(name)
     assert live is not None
-    key = (str(live), id(emb))
-    if key not in _faiss_cache:
-        if len(_faiss_cache) >= 16:
-            _faiss_cache.pop(next(iter(_faiss_cache)))
-        _faiss_cache[key] = _load_faiss(live, emb)
-    return _faiss_cache[key]
+    key = (str(live), id(emb))  # a version directory never changes once published
+    with _locks_guard:
+        store = _faiss_cache.get(key)
+    if store is None:
+        store = _load_faiss(live, emb)
+        with _locks_guard:
+            while len(_faiss_cache) >= 16:
+                _faiss_cache.pop(next(iter(_faiss_cache)))
+            _faiss_cache[key] = store
+    return store
 
 
 def _load_faiss(folder: Path, emb: Embeddings) -> VectorStore:
@@ -246,45 +255,69 @@ def ingest(
         else:
             store = open_external_store(get_settings().vector_store, name, emb)
         report = IngestReport(kb=name)
-        stale: list[str] = []  # ids to drop from an external store once all files are in
-
-        for done, path in enumerate(files):
-            if progress:
-                progress(str(path), done, len(files))
-            key, digest = str(path), _sha256(path)
-            previous = manifest.files.get(key)
-            if previous and previous.sha256 == digest:
-                report.unchanged.append(key)
-                continue
-            try:
-                chunks = load_and_split(path)
-            except LoadError as exc:
-                raise IngestError(str(exc)) from None
-            ids = _chunk_ids(key, digest, len(chunks))
-            for chunk in chunks:
-                chunk.metadata["sha256"] = digest
-            if previous and embedded and store is not None:
-                store.delete(previous.ids)
-            elif previous:
-                stale.extend(previous.ids)
-            if store is None:
-                from langchain_community.vectorstores import FAISS
-
-                store = FAISS.from_documents(chunks, emb, ids=ids)
-            else:
-                store.add_documents(chunks, ids=ids)
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            manifest.files[key] = FileEntry(sha256=digest, ids=ids, ingested_at=now)
-            (report.updated if previous else report.added).append(key)
-        if progress:
-            progress("", len(files), len(files))
-
-        report.chunks = manifest.chunks
-        if (report.added or report.updated) or live is None:
-            if stale and store is not None:
-                store.delete(stale)
-            _publish(name, manifest, store if embedded else None)
+        written: list[str] = []  # chunk ids added in this run
+        stale: list[str] = []  # ids replaced in an external store, dropped once published
+        try:
+            store = _apply(files, manifest, store, emb, embedded, report, written, stale,
+                           progress)
+            report.chunks = manifest.chunks
+            if report.added or report.updated or live is None:
+                _publish(name, manifest, store if embedded else None)
+        except BaseException:
+            if not embedded and written and store is not None:
+                with contextlib.suppress(Exception):  # best effort: leave no orphans
+                    store.delete(written)
+            raise
+        if stale and store is not None:
+            store.delete(stale)
         return report
+
+
+def _apply(
+    files: list[Path],
+    manifest: Manifest,
+    store: VectorStore | None,
+    emb: Embeddings,
+    embedded: bool,
+    report: IngestReport,
+    written: list[str],
+    stale: list[str],
+    progress: Progress | None,
+) -> VectorStore | None:
+    """Add new and changed files to `store` (a private FAISS copy, or the external store)
+    and to `manifest`; returns the store (created on the first file of a new KB)."""
+    for done, path in enumerate(files):
+        if progress:
+            progress(str(path), done, len(files))
+        key, digest = str(path), _sha256(path)
+        previous = manifest.files.get(key)
+        if previous and previous.sha256 == digest:
+            report.unchanged.append(key)
+            continue
+        try:
+            chunks = load_and_split(path)
+        except LoadError as exc:
+            raise IngestError(str(exc)) from None
+        ids = _chunk_ids(key, digest, len(chunks))
+        for chunk in chunks:
+            chunk.metadata["sha256"] = digest
+        if previous and embedded and store is not None:
+            store.delete(previous.ids)  # FAISS: a private copy until published
+        elif previous:
+            stale.extend(previous.ids)
+        if store is None:
+            from langchain_community.vectorstores import FAISS
+
+            store = FAISS.from_documents(chunks, emb, ids=ids)
+        else:
+            store.add_documents(chunks, ids=ids)
+        written.extend(ids)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest.files[key] = FileEntry(sha256=digest, ids=ids, ingested_at=now)
+        (report.updated if previous else report.added).append(key)
+    if progress:
+        progress("", len(files), len(files))
+    return store
 
 
 def _publish(name: str, manifest: Manifest, store: VectorStore | None) -> None:

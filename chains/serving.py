@@ -185,8 +185,7 @@ def conversation_runnable() -> Runnable:
 
     def build(value: Any) -> Runnable:
         req = _request(ConversationRequest, value)
-        chain = build_conversation_chain(_model(req.model), system_prompt=req.system_prompt)
-        return chain.with_config(configurable={"session_id": req.session_id})
+        return build_conversation_chain(_model(req.model), system_prompt=req.system_prompt)
 
     return RunnableLambda(build, name="conversation").with_types(
         input_type=ConversationRequest, output_type=AIMessage

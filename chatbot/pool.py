@@ -1,7 +1,7 @@
 """The model pool: which local models are resident, within a memory budget.
 
 Models load lazily on first use, or at start-up for entries with `lazy: false`
-(`preload`). With `memory_budget_gpu` / `memory_budget_cpu` set, loading a model that
+(the server's ModelLoader). With `memory_budget_gpu` / `memory_budget_cpu` set, loading a model that
 would not fit first evicts the least recently used *idle* model on the same device.
 A model with requests in flight is never evicted; unloading one drains it first.
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chatbot.engines import Engine
-    from chatbot.registry import ModelEntry, Registry
+    from chatbot.registry import ModelEntry
     from model_adapters.generation import Delta, GenerationRequest, Sink
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def _device_class(device: str) -> str:
 class ModelPool:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.RLock())
+        self._load_lock = threading.RLock()  # re-entrant: an engine may load another
         self.resident: dict[str, Resident] = {}
         self.loading: set[str] = set()
         self.loads: dict[str, int] = {}
@@ -148,9 +149,18 @@ class ModelPool:
             self._cond.notify_all()
 
     def _drain(self, runtime: PooledRuntime) -> None:
+        from chatbot.settings import get_settings
+
+        # A request can't outlive the per-request deadline; don't wait forever on a
+        # runtime whose worker died.
+        limit = get_settings().request_timeout
         with self._cond:
             runtime.closed = True
-            self._cond.wait_for(lambda: runtime.in_flight == 0)
+            if not self._cond.wait_for(lambda: runtime.in_flight == 0, timeout=limit):
+                log.warning(
+                    "model %s: closing with %d requests still in flight after %.0f s",
+                    runtime.name, runtime.in_flight, limit,
+                )
 
     # --- hooks called by chatbot.factory ---------------------------------------------
 
@@ -166,8 +176,11 @@ class ModelPool:
         with self._cond:
             self.loading.add(entry.name)
         try:
-            self.make_room(entry, cls)
-            yield
+            # One load at a time: the budget check sees every model that is resident, and
+            # transformers' meta-device loading is not safe in two threads at once.
+            with self._load_lock:
+                self.make_room(entry, cls)
+                yield
         finally:
             with self._cond:
                 self.loading.discard(entry.name)
@@ -202,6 +215,10 @@ class ModelPool:
         s = get_settings()
         value = s.memory_budget_gpu if device == "gpu" else s.memory_budget_cpu
         return int(value) if value is not None else None
+
+    def usage(self) -> dict[str, dict[str, int | None]]:
+        """Bytes used and budget per device class, for the admin API."""
+        return {d: {"used": self.used(d), "budget": self.budget(d)} for d in ("gpu", "cpu")}
 
     def used(self, device: str) -> int:
         with self._cond:
@@ -271,18 +288,7 @@ class ModelPool:
             with self._cond:
                 self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
 
-    # --- start-up and admin ----------------------------------------------------------
-
-    def preload(self, registry: Registry) -> list[str]:
-        """Load every served local entry that is not `lazy`. Returns the names loaded."""
-        from chatbot.factory import get_engine
-
-        done = []
-        for entry in registry.served():
-            if entry.is_local and not entry.lazy:
-                get_engine(entry.name, entry.kind)
-                done.append(entry.name)
-        return done
+    # --- admin ----------------------------------------------------------------------
 
     def state(self, name: str) -> str:
         with self._cond:

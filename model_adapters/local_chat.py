@@ -3,7 +3,9 @@
 A runtime has `tokenizer`, `context_length` and `submit(GenerationRequest, Sink)`; this
 class turns messages into a prompt with the model's chat template, streams the runtime's
 deltas as chunks, and reports usage and finish reasons. Tool calling and structured
-output live in model_adapters.tools, shared by every local runtime.
+output (model_adapters.tools, tool_parsers, tool_stream, constrained, structured) are
+shared by every local runtime: kwargs `tools`, `tool_choice` and `response_format`
+work on invoke/stream/batch, sync and async.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
 from model_adapters.prompting import encode, render_chat
 from model_adapters.structured import structured_output_runnable
-from model_adapters.tool_parsers import ParsedOutput, ToolCallParser, get_parser
+from model_adapters.tool_parsers import PARSERS, ParsedOutput, ToolCallParser, get_parser
 from model_adapters.tool_stream import ToolCallStream
 from model_adapters.tools import (
     add_tools_to_messages,
@@ -51,6 +53,13 @@ class ChatLocal(BaseChatModel):
     seed: int | None = None
     stop: list[str] | None = None
     tool_parser: str = "auto"
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_parser(cls, value: str) -> str:
+        if value != "auto" and value not in PARSERS:
+            raise ValueError(f"unknown tool parser {value!r} (known: auto, {sorted(PARSERS)})")
+        return value
 
     @model_validator(mode="after")
     def _attach_runtime(self) -> ChatLocal:
@@ -178,7 +187,7 @@ class ChatLocal(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         for delta in stream_sync(self.runtime.submit, request):
             for chunk in output.chunks(delta):
-                if run_manager and chunk.text:
+                if run_manager and (chunk.text or chunk.message.tool_call_chunks):
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
@@ -201,7 +210,7 @@ class ChatLocal(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         async for delta in stream_async(self.runtime.submit, request):
             for chunk in output.chunks(delta):
-                if run_manager and chunk.text:
+                if run_manager and (chunk.text or chunk.message.tool_call_chunks):
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
@@ -277,9 +286,12 @@ class _Output:
             content = self.parsed.content
             tool_calls, invalid = self.parsed.tool_calls, self.parsed.invalid_tool_calls
             # Keep the ids streamed to callbacks, so both views name calls the same.
-            for call, streamed in zip(tool_calls, msg.tool_call_chunks, strict=False):
-                if streamed.get("id") and streamed.get("name") == call["name"]:
-                    call["id"] = streamed["id"]
+            streamed = [c for c in msg.tool_call_chunks if c.get("id") and c.get("name")]
+            for call in tool_calls:
+                match = next((c for c in streamed if c["name"] == call["name"]), None)
+                if match is not None:
+                    call["id"] = match["id"]
+                    streamed.remove(match)
         message = AIMessage(
             content=content,
             tool_calls=tool_calls,

@@ -107,6 +107,9 @@ class ToolCallParser:
     def parse(self, text: str) -> ParsedOutput:
         raise NotImplementedError
 
+    def new_id(self) -> str:
+        return new_call_id()
+
     # Used by constrained decoding to force a call in this format.
     def call_begin(self, tool_name: str) -> str:
         raise NotImplementedError
@@ -207,7 +210,13 @@ class MistralParser(ToolCallParser):
             return out
         for segment in rest.split(self.start):
             self._parse_segment(segment, out)
+        for call in [*out.tool_calls, *out.invalid_tool_calls]:
+            if str(call.get("id") or "").startswith("call_"):
+                call["id"] = self.new_id()
         return out
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex[:9]  # Mistral templates require 9 alphanumeric characters
 
     def _parse_segment(self, segment: str, out: ParsedOutput) -> None:
         named = self._NAMED.match(segment)

@@ -17,7 +17,6 @@ from model_adapters.tool_parsers import (
     Llama3Parser,
     ParsedOutput,
     ToolCallParser,
-    new_call_id,
 )
 
 _DECODER = json.JSONDecoder()
@@ -36,13 +35,13 @@ def _partial_marker(text: str, marker: str) -> int:
 class _CallState:
     """One JSON call object being streamed."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, call_id: str) -> None:
         self.index = index
         self.text = ""
         self.depth = 0
         self.in_str = False
         self.escape = False
-        self.id = new_call_id()
+        self.id = call_id
         self.header_sent = False
         self.args_start: int | None = None
         self.args_sent = 0
@@ -178,7 +177,7 @@ class ToolCallStream:
             if self.call is None:
                 if ch != "{":
                     continue  # separators between calls: '[', ',', ';', whitespace
-                self.call = _CallState(self.count)
+                self.call = _CallState(self.count, self.parser.new_id())
                 self.count += 1
             if self.call.add(ch):
                 self._close_call(chunks)

@@ -184,6 +184,8 @@ class VLLMRuntime:
     # --- requests --------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        if self.engine is None:
+            raise RuntimeError(f"vllm engine for {self.name!r} is closed")
         prompt_len = len(request.prompt_ids)
         if prompt_len >= self.context_length:
             raise ContextLengthError(

@@ -259,14 +259,14 @@ def test_tool_calls_map_to_openai_format(client, http):
 def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
     from langchain_core.language_models import FakeListChatModel
 
+    from chatbot.api.chat_routes import bind_tools
     from chatbot.api.errors import APIError
-    from chatbot.api.openai_routes import _bind_tools
     from chatbot.api.protocol import ChatCompletionRequest
 
     model = FakeListChatModel(responses=["x"])  # LangChain's base bind_tools raises
     body = ChatCompletionRequest(model="fake", messages=HELLO, tools=TOOLS, tool_choice="auto")
     with pytest.raises(APIError) as info:
-        _bind_tools(model, body, "fake")
+        bind_tools(model, body, "fake")
     assert (info.value.status, info.value.param, info.value.code) == (
         400,
         "tools",
@@ -274,10 +274,10 @@ def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
     )
     body = ChatCompletionRequest(model="fake", messages=HELLO, response_format={"type": "json_object"})
     with pytest.raises(APIError) as info:
-        _bind_tools(model, body, "fake")
+        bind_tools(model, body, "fake")
     assert info.value.param == "response_format"
     body = ChatCompletionRequest(model="fake", messages=HELLO, response_format={"type": "text"})
-    assert _bind_tools(model, body, "fake") == (model, {})
+    assert bind_tools(model, body, "fake") == (model, {})
 
 
 def test_response_format_json_object(client):

@@ -47,3 +47,13 @@ def test_kb_cli_errors(data_dir, tmp_path):  # noqa: F811
                                      "--embeddings", "nope"])
     assert bad_emb.exit_code == 1 and "no embeddings model named 'nope'" in bad_emb.output
     assert kb.list_kbs() == []
+
+
+def test_kb_is_mounted_in_the_chatbot_cli(data_dir, tmp_path):  # noqa: F811
+    from chatbot.cli import app
+
+    corpus = write_corpus(tmp_path / "docs")
+    result = runner.invoke(app, ["kb", "ingest", "notes", str(corpus / "space.md")])
+    assert result.exit_code == 0, result.output
+    assert "notes: 1 added" in result.output
+    assert "notes" in runner.invoke(app, ["kb", "list"]).output

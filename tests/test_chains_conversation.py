@@ -113,3 +113,13 @@ async def test_async_invoke_uses_the_same_store(data_dir):  # noqa: F811
     chat = build_conversation_chain(RecordingModel())
     await chat.ainvoke({"input": "async hello"}, config=session("a"))
     assert [m.text for m in get_history("a").messages] == ["async hello", "reply 1 to: async hello"]
+
+
+def test_streaming_saves_the_turn_when_done(data_dir):  # noqa: F811
+    chat = build_conversation_chain(RecordingModel())
+    stream = chat.stream({"input": "stream me", "session_id": "st"})
+    first = next(stream)
+    assert get_history("st").messages == []  # nothing saved mid-answer
+    text = first.text + "".join(c.text for c in stream)
+    assert text == "reply 1 to: stream me"
+    assert [m.text for m in get_history("st").messages] == ["stream me", text]

@@ -202,3 +202,21 @@ def test_external_vector_store(data_dir, tmp_path, monkeypatch):  # noqa: F811
     kb.delete_kb("ext")
     assert len(_MEMORY["ext"].store) == 0
     get_settings.cache_clear()
+
+
+def test_external_store_failed_ingest_leaves_no_orphans(data_dir, tmp_path, monkeypatch):  # noqa: F811
+    from chatbot.settings import get_settings
+
+    monkeypatch.setenv("CHATBOT_VECTOR_STORE", "tests.test_chains_kb:memory_store")
+    get_settings.cache_clear()
+    _MEMORY.clear()
+    corpus = write_corpus(tmp_path / "docs")
+    kb.ingest("ext2", [corpus / "fruit.txt"], embeddings="minilm")
+    before = dict(_MEMORY["ext2"].store)
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 not a pdf")
+    with pytest.raises(kb.IngestError, match="broken.pdf"):
+        kb.ingest("ext2", [corpus / "space.md", broken])  # space.md is added, then rolled back
+    assert dict(_MEMORY["ext2"].store) == before
+    assert list(kb.read_manifest("ext2").files) == [str((corpus / "fruit.txt").resolve())]
+    get_settings.cache_clear()

@@ -133,3 +133,14 @@ def test_remote_runnable_client(base_url, docs):
     reply = chat.invoke({"input": "hello", "session_id": "remote"})
     assert reply.type == "ai"
     assert [m.type for m in get_history("remote").messages] == ["human", "ai"]
+
+
+def test_chain_routes_are_documented(base_url):
+    spec = httpx.get(f"{base_url}/openapi.json", timeout=30)
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    for name in ("rag", "conversation", "agent"):
+        for op in ("invoke", "stream", "stream_events", "batch"):
+            assert f"/chains/{name}/{op}" in paths
+    schema = httpx.get(f"{base_url}/chains/rag/input_schema").json()
+    assert {"question", "kb"} <= set(schema["properties"])

@@ -20,9 +20,22 @@ if importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("op
 
 
 @pytest.fixture(scope="module")
-def gptq_dir(models_root):
-    """tiny-llama quantized to 4 bits, group size 128 (~35-90 s on 2 cores)."""
-    return quantize(models_root / "tiny-llama", models_root / "tiny-gptq", bits=4, group_size=128)
+def gptq_dir(models_root, tmp_path_factory):
+    """tiny-llama quantized to 4 bits by the `chatbot quantize` command (~25-90 s here)."""
+    from typer.testing import CliRunner
+
+    from chatbot.cli import app
+    from chatbot.quantize import DEFAULT_CALIBRATION
+
+    calibration = tmp_path_factory.mktemp("calib") / "calibration.jsonl"
+    calibration.write_text("\n".join(json.dumps({"text": t}) for t in DEFAULT_CALIBRATION))
+    dst = models_root / "tiny-gptq"
+    args = ["quantize", str(models_root / "tiny-llama"), str(dst), "--bits", "4",
+            "--group-size", "128", "--calibration", str(calibration)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "GPTQ 4-bit checkpoint written" in result.output
+    return dst
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,3 +105,8 @@ class TestGPTQIntegration(ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return False
+
+
+def test_quantize_refuses_a_non_model_directory(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        quantize(tmp_path, tmp_path / "out")

@@ -63,6 +63,8 @@ def test_mistral_list_and_v11_forms():
         ("get_time", {"tz": "UTC"}),
     ]
     assert out.tool_calls[1]["id"] == "a1b2c3d4e"
+    first = out.tool_calls[0]["id"]  # generated in Mistral's required id shape
+    assert len(first) == 9 and first.isalnum()
     assert calls(MISTRAL_V11, "mistral") == [
         ("get_weather", {"city": "Paris"}),
         ("get_time", {"tz": "UTC"}),

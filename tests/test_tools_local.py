@@ -123,6 +123,36 @@ async def test_async_paths_match_sync():
     assert [c["args"] for c in full.tool_calls] == [c["args"] for c in sync.tool_calls]
 
 
+def test_call_cut_by_max_tokens_is_an_invalid_tool_call_not_an_error():
+    model = chatbot.get_chat_model("tiny", max_tokens=12)
+    reply = model.bind_tools(TOOLS, tool_choice="get_weather").invoke("weather?")
+    assert reply.response_metadata["finish_reason"] == "length"
+    assert not reply.tool_calls
+    (bad,) = reply.invalid_tool_calls
+    assert "unterminated" in bad["error"] and '"get_weather"' in bad["args"]
+
+
+@pytest.mark.parametrize("parser", ["hermes", "llama3", "mistral"])
+def test_forced_calls_in_each_parser_format_stream_and_parse(parser):
+    model = chatbot.get_chat_model("tiny", max_tokens=MAX, tool_parser=parser)
+    bound = model.bind_tools(TOOLS, tool_choice="add")
+    reply = bound.invoke("2 + 3?")
+    assert_valid_calls(reply, {"add"})
+    full = None
+    for chunk in bound.stream("2 + 3?"):
+        assert "[TOOL_CALLS]" not in chunk.content and "<tool_call>" not in chunk.content
+        full = chunk if full is None else full + chunk
+    assert [c["args"] for c in full.tool_calls] == [c["args"] for c in reply.tool_calls]
+
+
+def test_unknown_tool_parser_is_rejected():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tool_parser"):
+        chatbot.get_chat_model("tiny", tool_parser="nope")
+    assert chatbot.get_chat_model("tiny", tool_parser="llama3").tool_parser == "llama3"
+
+
 def test_tool_choice_none_and_auto_answer_in_text():
     model = chatbot.get_chat_model("tiny", max_tokens=8)
     for choice in ("none", "auto"):
@@ -186,3 +216,12 @@ def test_agent_with_two_tools_forced_call_then_answer():
     assert result.tool_call_id == call.tool_calls[0]["id"]
     assert result.content.startswith("sunny, 21 degrees")
     assert not answer.tool_calls and answer.content
+
+    # LangGraph's token stream sees the call as it is generated (callbacks get the chunks).
+    streamed = [
+        msg
+        for msg, _ in agent.stream(
+            {"messages": [HumanMessage("weather in Paris?")]}, stream_mode="messages"
+        )
+    ]
+    assert sum(bool(getattr(m, "tool_call_chunks", None)) for m in streamed) >= 3

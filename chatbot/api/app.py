@@ -18,7 +18,7 @@ from fastapi import FastAPI
 import chatbot
 from chains.serving import add_chain_routes
 from chatbot import factory
-from chatbot.api import langserve_routes, openai_routes, ops
+from chatbot.api import admin, langserve_routes, openai_routes, ops
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_routes.router)
+    app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, registry)
     add_chain_routes(app)  # /chains/{rag,conversation,agent}
     ops.install_middleware(app, settings, state.metrics)

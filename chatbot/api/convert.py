@@ -134,7 +134,9 @@ def to_langchain_messages(messages: Sequence[Mapping[str, Any]]) -> list[BaseMes
             out.append(ToolMessage(content=text, tool_call_id=call_id, **extra))
         elif role == "function":
             if not message.get("name"):
-                raise bad_request(f"'{where}.name' is required for role 'function'.", f"{where}.name")
+                raise bad_request(
+                    f"'{where}.name' is required for role 'function'.", f"{where}.name"
+                )
             text = _text_only(content, f"{where}.content")
             out.append(FunctionMessage(content=text, name=message["name"]))
         else:

@@ -66,7 +66,9 @@ class Metrics:
         self.in_flight = Gauge(
             "chatbot_model_requests_in_flight", "Model requests in progress.", ["model"], registry=r
         )
-        self.loaded = Gauge("chatbot_model_loaded", "1 if the model is loaded.", ["model"], registry=r)
+        self.loaded = Gauge(
+            "chatbot_model_loaded", "1 if the model is loaded.", ["model"], registry=r
+        )
 
     def track(self, model: str, endpoint: str) -> RequestTracker:
         return RequestTracker(self, model, endpoint)

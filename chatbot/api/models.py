@@ -17,14 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, MessageLikeRepresentation
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.prompt_values import ChatPromptValueConcrete, StringPromptValue
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from chatbot import factory
 from chatbot.api.errors import APIError, from_validation, model_not_found, model_unavailable
@@ -93,7 +93,8 @@ def supports_tools(model: Any) -> bool:
     explicit = getattr(model, "supports_tools", None)
     if isinstance(explicit, bool):
         return explicit
-    return isinstance(model, BaseChatModel) and type(model).bind_tools is not BaseChatModel.bind_tools
+    base = BaseChatModel.bind_tools
+    return isinstance(model, BaseChatModel) and type(model).bind_tools is not base
 
 
 def supports_response_format(model: Any) -> bool:
@@ -148,10 +149,17 @@ def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
 
 # --- LangServe ---------------------------------------------------------------------
 
-# LanguageModelInput with concrete prompt values: LangServe validates request bodies
-# against this type, and the abstract PromptValue cannot be built (a TypeError, a 500).
-ChatInput = Union[  # noqa: UP007 - a runtime type expression
-    StringPromptValue, ChatPromptValueConcrete, str, Sequence[MessageLikeRepresentation]
+# What a chat model takes (LanguageModelInput), spelled so that LangServe can validate
+# request bodies against it: concrete prompt values (the abstract PromptValue cannot be
+# built: a TypeError, a 500), and messages tried as typed messages first (else they
+# validate as bare BaseMessage, which no model takes), then as tuples or dicts.
+_MessageLike = Annotated[
+    Union[AnyMessage, tuple[str, str], list[str], dict[str, Any], str],  # noqa: UP007
+    Field(union_mode="left_to_right"),
+]
+ChatInput = Annotated[
+    Union[str, StringPromptValue, ChatPromptValueConcrete, Sequence[_MessageLike]],  # noqa: UP007
+    Field(union_mode="left_to_right"),
 ]
 
 

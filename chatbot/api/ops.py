@@ -129,7 +129,8 @@ class _BodyTooLarge(Exception):
 
 
 class BodySizeLimitMiddleware:
-    """413 for request bodies over `max_bytes` (by Content-Length, or counted as read)."""
+    """413 for request bodies over `max_bytes`: by Content-Length up front, else counted
+    as the body arrives (the app's own answer to the cut-off body is replaced)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -156,27 +157,33 @@ class BodySizeLimitMiddleware:
                 await _send_error(send, self._error())
                 return
         received = 0
-        started = [False]
+        exceeded = False
+        replaced = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _BodyTooLarge
             return message
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                started[0] = True
-            await send(message)
+            nonlocal replaced
+            if not exceeded:
+                await send(message)
+            elif not replaced:  # whatever the app made of the error, the answer is 413
+                replaced = True
+                await _send_error(send, self._error())
 
         try:
             await self.app(scope, counting_receive, send_wrapper)
         except _BodyTooLarge:
-            if not started[0]:
-                await _send_error(send, self._error())
+            pass
+        if exceeded and not replaced:
+            await _send_error(send, self._error())
 
 
 class APIKeyMiddleware:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
@@ -41,7 +42,8 @@ async def sse_events(payloads: AsyncIterator[BaseModel | dict[str, Any]]) -> Asy
     finally:
         aclose = getattr(payloads, "aclose", None)
         if aclose is not None:
-            await aclose()
+            with anyio.CancelScope(shield=True):  # closing cancels the generation
+                await aclose()
     yield {"data": DONE}
 
 

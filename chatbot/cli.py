@@ -1,0 +1,313 @@
+"""`chatbot` command line: serve, models, chat, tiny-model.
+
+    chatbot serve [--config models.yaml] [--host 127.0.0.1] [--port 8888] [--model NAME_OR_PATH ...]
+    chatbot models [--config models.yaml]
+    chatbot chat [NAME] [--system TEXT] [--temperature T] [--max-tokens N]
+    chatbot tiny-model DIR [--arch qwen2|llama]
+    chatbot quantize SRC DST [--bits 4] [--group-size 128] [--calibration FILE]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="chatbot",
+    help="One model registry -> LangChain chat models, an OpenAI-compatible API and LangServe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Model registry YAML (default: $CHATBOT_CONFIG or models.yaml)."
+    ),
+]
+
+
+def _use_settings(**values: Any) -> Any:
+    """Apply command-line settings process-wide (as CHATBOT_* env vars) and return them,
+    so every part of the process (factory, engines, server) sees the same values."""
+    from chatbot.settings import get_settings
+
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"CHATBOT_{key.upper()}"] = str(value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+def build_registry(config: Path, models_root: Path, models: list[str] | None = None) -> Any:
+    """The registry file, narrowed to `models` when given.
+
+    Each of `models` is a registry name, or a path to a model directory (or `hf://org/
+    name`), which becomes an ad-hoc transformers entry named after its last part. The
+    registry's served embeddings stay served.
+    """
+    from chatbot.registry import Registry, load_registry, parse_registry
+
+    if config.exists() or not models:
+        base = load_registry(config, models_root)
+    else:  # only ad-hoc models: no registry file needed
+        base = Registry({}, source=str(config))
+    if not models:
+        return base
+    entries = dict(base.entries)
+    serve: list[str] = []
+    for given in models:
+        if given in entries:
+            serve.append(given)
+            continue
+        path = Path(given).expanduser()
+        if given.startswith("hf://"):
+            raw, name = given, given.rstrip("/").rsplit("/", 1)[-1]
+        elif path.exists():
+            raw, name = str(path.resolve()), path.resolve().name
+        else:
+            known = ", ".join(sorted(base.entries)) or "none"
+            raise _fail(f"--model {given!r}: not a registry entry ({known}) and not a path")
+        while name in entries:
+            name += "-1"
+        body = {"path": raw, "engines": ["transformers"], "description": f"ad-hoc: {given}"}
+        entries[name] = parse_registry({"models": {name: body}}, models_root).entries[name]
+        serve.append(name)
+    serve += [e.name for e in base.served("embeddings") if e.name not in serve]
+    return Registry(
+        entries,
+        default_model=serve[0],
+        default_embeddings=base.default_embeddings,
+        serve=serve,
+        source=base.source,
+    )
+
+
+def run_server(app_: Any, host: str | None = None, port: int | None = None) -> None:
+    """Serve an app with uvicorn on the settings' host and port, with our logging."""
+    import uvicorn
+
+    from chatbot.api.ops import configure_logging
+    from chatbot.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    host = host or settings.host
+    port = port or settings.port
+    err.print(f"[bold]chatbot[/] serving on [cyan]http://{host}:{port}[/] (OpenAI API at /v1)")
+    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8888).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="Serve only this registry entry or model directory (repeatable)."
+        ),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ...")] = None,
+) -> None:
+    """Serve the registry: OpenAI-compatible /v1, LangServe /models/{name}, /health, /metrics."""
+    from chatbot import factory
+    from chatbot.api import create_app
+    from chatbot.registry import RegistryError
+
+    settings = _use_settings(config=config, host=host, port=port, log_level=log_level)
+    try:
+        registry = build_registry(settings.config, settings.models_root, model)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    factory.set_registry(registry)
+    run_server(create_app(settings), settings.host, settings.port)
+
+
+def _engine_column(entry: Any) -> str:
+    from chatbot import factory
+    from chatbot.engines import pick_engine
+
+    if entry.name in factory.picked:
+        name, skipped = factory.picked[entry.name]
+    else:
+        try:
+            cls, skipped = pick_engine(entry)
+        except Exception as exc:  # noqa: BLE001 - shown in the table
+            return f"[red]none[/]: {exc}"
+        name = cls.name or cls.__name__
+    lines = [f"[green]{name}[/]"]
+    lines += [f"[dim]{other}: {reason}[/]" for other, reason in skipped.items()]
+    return "\n".join(lines)
+
+
+@app.command()
+def models(config: ConfigOpt = None) -> None:
+    """List the registry: kind, engines, the engine picked here (and why others were
+    skipped), served or not, loaded or not."""
+    from chatbot import factory
+    from chatbot.registry import RegistryError
+
+    try:
+        if config is not None:
+            from chatbot.settings import get_settings
+
+            registry = build_registry(config, get_settings().models_root)
+        else:
+            registry = factory.get_registry()
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    loaded = factory.loaded()
+    table = Table(title=f"Models in {registry.source}")
+    for column in ("name", "kind", "engines", "engine picked / skipped", "served", "loaded"):
+        table.add_column(column)
+    for entry in registry.entries.values():
+        name = entry.name
+        if name == registry.default_model or name == registry.default_embeddings:
+            name += " [dim](default)[/]"
+        if entry.lazy:
+            name += " [dim](lazy)[/]"
+        table.add_row(
+            name,
+            entry.kind,
+            ", ".join(entry.engines),
+            _engine_column(entry),
+            "yes" if entry.name in registry.serve else "no",
+            "yes" if entry.name in loaded else "no",
+        )
+    console.print(table)
+
+
+@app.command()
+def chat(
+    name: Annotated[
+        str | None, typer.Argument(help="Registry chat model (default: default_model).")
+    ] = None,
+    config: ConfigOpt = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0, max=2)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Chat in the terminal, streaming the answers. /reset clears the history, /exit quits."""
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+    from chatbot import factory
+
+    if config is not None:
+        settings = _use_settings(config=config)
+        factory.set_registry(build_registry(settings.config, settings.models_root))
+    given = {"temperature": temperature, "max_tokens": max_tokens}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    try:
+        with err.status(f"loading {name or 'the default model'}..."):
+            model = factory.get_chat_model(name, **overrides)
+    except (KeyError, RuntimeError) as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    label = name or factory.get_registry().default_model
+    start: list[BaseMessage] = [SystemMessage(system)] if system else []
+    history = list(start)
+    err.print(f"[dim]chatting with [bold]{label}[/]; /reset clears the history, /exit quits[/]")
+    while True:
+        try:
+            text = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            history = list(start)
+            err.print("[dim]history cleared[/]")
+            continue
+        if not text.strip():
+            continue
+        history.append(HumanMessage(text))
+        console.print(f"[bold green]{label}>[/] ", end="")
+        reply = ""
+        try:
+            for chunk in model.stream(history):
+                piece = chunk.content if isinstance(chunk.content, str) else ""
+                reply += piece
+                console.print(piece, end="", markup=False, highlight=False)
+        except KeyboardInterrupt:
+            console.print("[dim] (stopped)[/]", end="")
+        except Exception as exc:  # noqa: BLE001 - keep the session going
+            console.print()
+            err.print(f"[red]error:[/] {exc}")
+            history.pop()
+            continue
+        console.print()
+        history.append(AIMessage(reply))
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model to.")],
+    arch: Annotated[str, typer.Option(help="qwen2 or llama.")] = "qwen2",
+    template: Annotated[str, typer.Option(help="qwen (tools) or plain (no system role).")] = "qwen",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a tiny random chat model (for trying things out offline)."""
+    from chatbot.tiny_model import build_tiny_model
+
+    if arch not in ("qwen2", "llama"):
+        raise typer.BadParameter("must be 'qwen2' or 'llama'", param_hint="--arch")
+    if template not in ("qwen", "plain"):
+        raise typer.BadParameter("must be 'qwen' or 'plain'", param_hint="--template")
+    with err.status(f"building a tiny {arch} model..."):
+        path = build_tiny_model(out_dir, arch=arch, template=template, seed=seed)
+    console.print(f"tiny {arch} model written to {path}")
+
+
+@app.command()
+def quantize(
+    src: Annotated[Path, typer.Argument(help="Hugging Face model directory to quantize.")],
+    dst: Annotated[Path, typer.Argument(help="Directory for the GPTQ checkpoint.")],
+    bits: Annotated[int, typer.Option(help="2, 3, 4 or 8.")] = 4,
+    group_size: Annotated[int, typer.Option(help="Weights per scale (-1: per column).")] = 128,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration text: .txt, .jsonl ('text') or .json.")
+    ] = None,
+    trust_remote_code: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Make a GPTQ int4 checkpoint (needs pip install '.[gptq]')."""
+    from chatbot.quantize import load_calibration, run_with_progress
+
+    if bits not in (2, 3, 4, 8):
+        raise typer.BadParameter("must be 2, 3, 4 or 8", param_hint="--bits")
+    texts = load_calibration(calibration) if calibration else None
+    try:
+        path = run_with_progress(
+            str(src), str(dst), bits=bits, group_size=group_size, calibration=texts,
+            trust_remote_code=trust_remote_code,
+        )
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"GPTQ {bits}-bit checkpoint written to {path}")
+
+
+from chatbot.kb_cli import kb_app  # noqa: E402 - sub-app, mounted after the commands above
+
+app.add_typer(kb_app, name="kb")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
