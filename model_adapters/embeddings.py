@@ -23,7 +23,9 @@ class LocalEmbeddings(Embeddings):
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
-            vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+            vectors = self.model.encode(
+                texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
         return vectors.tolist()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -174,8 +174,10 @@ def from_exception(exc: BaseException) -> APIError:
 
 
 def log_error(exc: BaseException, api: APIError) -> None:
-    if api.status >= 500:
-        log.error("request failed: %s", api.message, exc_info=exc)
+    if api.status >= 500 and not isinstance(exc, (APIError, TimeoutError)):
+        log.error("request failed: %s", api.message, exc_info=exc)  # unexpected: a bug
+    elif api.status >= 500:
+        log.warning("request failed (%d): %s", api.status, api.message)
     else:
         log.info("request rejected (%d): %s", api.status, api.message)
 
