@@ -87,3 +87,14 @@ def start_server(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def sse_payloads(text: str) -> list:
+    """`data:` payloads of an SSE body, in order (the last must be [DONE])."""
+    events = [block for block in text.split("\n\n") if block.strip()]
+    out = []
+    for block in events:
+        lines = [ln for ln in block.split("\n") if ln.startswith("data: ")]
+        assert lines, f"event without data: {block!r}"
+        out.append(lines[0][len("data: ") :])
+    return out

@@ -211,7 +211,10 @@ def test_queue_full_is_429_with_retry_after(server_url, http, small_queue_model)
         while not opened and time.monotonic() < deadline:  # one running...
             time.sleep(0.05)
         holders[1].start()  # ...and one waiting: the queue is full
-        time.sleep(1.0)
+        gauge = f'chatbot_model_requests_in_flight{{model="{small_queue_model}"}} 2.0'
+        while gauge not in http.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # from "in flight" to "submitted to the engine"
         for path, body in [
             ("/v1/chat/completions", {"model": small_queue_model, "messages": HELLO}),
             ("/v1/chat/completions", {"model": small_queue_model, "messages": HELLO, "stream": True}),

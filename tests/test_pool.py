@@ -50,6 +50,15 @@ def one_model_budget(pool_registry, models_root, monkeypatch):
         factory.get_engine(name, entry.kind)
 
 
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def resident_pair() -> set[str]:
     return {n for n in PAIR if n in pool.resident}
 
@@ -103,9 +112,9 @@ def test_busy_model_is_not_evicted_until_it_drains(one_model_budget) -> None:
     sink, request = start_blocked_request("pool-a")
     loader = threading.Thread(target=factory.get_engine, args=("pool-b",))
     loader.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: pool.state("pool-b") == "loading")
+    time.sleep(0.3)
     assert loader.is_alive() and resident_pair() == {"pool-a"}  # waits: a is busy
-    assert pool.state("pool-b") == "loading"
     sink.release.set()
     deltas = list(sink.iter_sync(request.cancel))
     loader.join(30)
@@ -145,7 +154,8 @@ def test_unload_while_streaming_waits_for_the_stream(pool_registry) -> None:
     sink, request = start_blocked_request("pool-a")
     unloader = threading.Thread(target=factory.unload, args=("pool-a",))
     unloader.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: pool.state("pool-a") == "draining")
+    time.sleep(0.3)
     assert unloader.is_alive() and pool.state("pool-a") == "draining"
     sink.release.set()
     deltas = list(sink.iter_sync(request.cancel))
@@ -168,3 +178,20 @@ def test_langchain_stream_survives_unload(pool_registry) -> None:
     # The same ChatLocal keeps working: the pool loads the model again.
     assert model.invoke("hello").content
     assert pool.state("pool-a") == "loaded"
+
+
+def test_unloaded_weights_are_freed(pool_registry) -> None:
+    import gc
+    import weakref
+
+    model = ChatLocal(model="pool-a", temperature=0, max_tokens=4)
+    assert model.invoke("hello").content is not None
+    weights = weakref.ref(factory.get_engine("pool-a").runtime.model)
+    factory.unload("pool-a")
+    for _ in range(50):  # the worker thread lets go of the model when it exits
+        gc.collect()
+        if weights() is None:
+            break
+        time.sleep(0.05)
+    assert weights() is None, "the unloaded model is still referenced"
+    assert model.invoke("hello").content is not None  # the kept ChatLocal still works

@@ -55,10 +55,17 @@ def configure_logging(level: str = "INFO") -> None:
         if getattr(handler, "_chatbot", False):
             root.setLevel(level)
             return
-    from rich.logging import RichHandler
+    import sys
 
-    handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
-    handler.setFormatter(logging.Formatter("[%(request_id)s] %(name)s: %(message)s"))
+    handler: logging.Handler
+    if sys.stderr.isatty():  # a person watching: rich; a log file or collector: plain lines
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, log_time_format="%H:%M:%S")
+        handler.setFormatter(logging.Formatter("[%(request_id)s] %(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     handler._chatbot = True  # type: ignore[attr-defined]
     root.addHandler(handler)
