@@ -75,7 +75,7 @@ async def serve_requests(base: str, name: str, total: int, max_tokens: int) -> d
                 text = messages(i)[0]["content"]  # LangServe's message format
                 body = {"input": [{"type": "human", "content": text}], "config": {}, "kwargs": {}}
             else:
-                body = {"input": {"input": messages(i)[0]["content"], "session_id": f"s{i % 5}",
+                body = {"input": {"input": messages(i)[0]["content"], "session_id": f"bench-{i}",
                                   "model": name}}
             reply = await client.post(route, json=body)
             if reply.status_code != 200:

@@ -108,7 +108,15 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     host = host or settings.host
     port = port or settings.port
     err.print(f"[bold]chatbot[/] serving on [cyan]http://{host}:{port}[/] (OpenAI API at /v1)")
-    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False)
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish for shutdown_grace.
+    uvicorn.run(
+        app_,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace,
+    )
 
 
 @app.command()

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     request_timeout: float = Field(600.0, gt=0, description="Per-request deadline, seconds.")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish, seconds."
+    )
+    # Per API key (per client address when no keys are set); None = no limit. Over -> 429.
+    rate_limit_rpm: int | None = Field(None, ge=1, description="Requests per minute per key.")
+    rate_limit_tpm: int | None = Field(
+        None, ge=1, description="Tokens (prompt + completion) per minute per key."
+    )
     # Model pool (chatbot.pool): bytes or "8GiB"; None = no limit. Idle models are evicted
     # least recently used first when a new one would not fit.
     memory_budget_gpu: ByteSize | None = None

@@ -50,4 +50,10 @@ def render_chat(
 
 def encode(tokenizer: Any, text: str) -> list[int]:
     # The template already wrote BOS and role markers; don't add them twice.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except TypeError:
+        # Lone surrogates ("\ud800" is valid JSON) make tokenizers raise TypeError; say
+        # what is wrong with the text instead (UnicodeEncodeError, a ValueError: a 400).
+        text.encode("utf-8")
+        raise

@@ -39,6 +39,7 @@ from model_adapters.generation import (
 )
 from model_adapters.hf_engine import EngineStats
 from model_adapters.local_chat import ChatLocal
+from model_adapters.vllm_budget import BudgetedDecode, wants_budget
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,10 @@ def structured_outputs(constraint: Constraint | None) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
     spec = constraint.spec
-    # Compact JSON: vLLM cannot steer to close the object before max_tokens (our
-    # transformers runtime can), so don't spend the budget on whitespace.
     if constraint.kind == "json_schema":
-        return StructuredOutputsParams(json=spec, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=spec)
     if constraint.kind == "json_object":
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+        return StructuredOutputsParams(json_object=True)
     if constraint.kind == "regex":
         return StructuredOutputsParams(regex=spec)
     if constraint.kind == "ebnf":
@@ -164,6 +163,8 @@ class VLLMRuntime:
             raise
         _live.add(self)
         self.context_length = int(self.engine.model_config.max_model_len)
+        self.hf_config = self.engine.model_config.hf_config  # vocab size, EOS for grammars
+        self._memory = estimate_bytes(self.engine.vllm_config)
         # ChatLocal renders the chat template with a transformers tokenizer, like vLLM.
         self.tokenizer = AutoTokenizer.from_pretrained(
             args.get("tokenizer") or args["model"],
@@ -202,23 +203,9 @@ class VLLMRuntime:
         watcher = asyncio.create_task(self._watch_cancel(request, task))
         self.stats.requests += 1
         prompt_len = len(request.prompt_ids)
-        produced = 0
-        finish = "length"
+        counts = {"produced": 0}
         try:
-            from vllm.inputs import TokensPrompt
-
-            budget = min(request.max_tokens, self.context_length - prompt_len)
-            params = sampling_params(request, budget)
-            prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
-            rid = uuid.uuid4().hex
-            async for out in self.engine.generate(prompt, params, rid):
-                piece = out.outputs[0]
-                produced += len(piece.token_ids)
-                self.stats.generated_tokens += len(piece.token_ids)
-                if piece.text:
-                    sink.put(Delta(text=piece.text))
-                if piece.finish_reason:
-                    finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
+            finish = await self._generate(request, sink, counts)
         except asyncio.CancelledError:
             # generate() aborts the vLLM request when its consumer is cancelled.
             finish = "cancelled"
@@ -231,8 +218,52 @@ class VLLMRuntime:
             watcher.cancel()
             self._active -= 1
         sink.put(
-            Delta(finish_reason=finish, prompt_tokens=prompt_len, completion_tokens=produced)
+            Delta(
+                finish_reason=finish,
+                prompt_tokens=prompt_len,
+                completion_tokens=counts["produced"],
+            )
         )
+
+    async def _generate(self, request: GenerationRequest, sink: Sink, counts: dict) -> str:
+        from vllm.inputs import TokensPrompt
+
+        budget = min(request.max_tokens, self.context_length - len(request.prompt_ids))
+        guided = None
+        if wants_budget(request.constraint):
+            compact = self.engine.vllm_config.structured_outputs_config.disable_any_whitespace
+            guided = BudgetedDecode(
+                request.constraint, self.tokenizer, self.hf_config, budget, not compact
+            )
+        rid = uuid.uuid4().hex
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+        stream = self.engine.generate(prompt, sampling_params(request, budget), rid)
+        finish = "length"
+        async for out in stream:
+            piece = out.outputs[0]
+            self.stats.generated_tokens += len(piece.token_ids)
+            if guided is None:
+                counts["produced"] += len(piece.token_ids)
+                text = piece.text
+            else:
+                text = guided.feed(list(piece.token_ids))
+                counts["produced"] = guided.produced
+            if text:
+                sink.put(Delta(text=text))
+            if piece.finish_reason:
+                finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
+            if guided is not None and not guided.following:
+                break
+        if guided is None:
+            return finish
+        if guided.must_close:  # the budget is needed to close: stop vLLM, finish here
+            await stream.aclose()
+            await self.engine.abort(rid)
+            tail = guided.close()
+            if tail:
+                sink.put(Delta(text=tail))
+            counts["produced"] = guided.produced
+        return guided.finish or finish
 
     @staticmethod
     async def _watch_cancel(request: GenerationRequest, task: asyncio.Task | None) -> None:
@@ -245,7 +276,7 @@ class VLLMRuntime:
     # --- lifecycle -------------------------------------------------------------------
 
     def memory_bytes(self) -> int:
-        return estimate_bytes(self.engine.vllm_config)
+        return self._memory
 
     def close(self) -> None:
         engine = getattr(self, "engine", None)

@@ -192,7 +192,7 @@ def small_queue_model(monkeypatch, tmp_path):
 
 
 def test_queue_full_is_429_with_retry_after(server_url, http, small_queue_model):
-    long = {"model": small_queue_model, "messages": HELLO, "max_tokens": 2000, "stream": True}
+    long = {"model": small_queue_model, "messages": HELLO, "max_tokens": 1024, "stream": True}
     stop = threading.Event()
     opened: list[int] = []
 

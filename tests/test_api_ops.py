@@ -243,7 +243,7 @@ def test_request_deadline_ends_a_stream_with_an_error_event(_registry):
     with serve(request_timeout=1.0) as url:
         stats = _stats()
         cancelled = stats.cancelled
-        body = {"model": "tiny", "messages": HELLO, "max_tokens": 5000, "stream": True}
+        body = {"model": "tiny", "messages": HELLO, "max_tokens": 1024, "stream": True}
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200
         events = [b[len("data: ") :] for b in r.text.strip().split("\n\n")]

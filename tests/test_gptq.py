@@ -8,11 +8,10 @@ import importlib.util
 import json
 
 import pytest
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from chatbot import factory
 from chatbot.quantize import is_gptq_checkpoint, load_calibration, quantize
-from model_adapters.local_chat import ChatLocal
+from tests import test_standard_local as standard
 from tests.extra_models import extra_models
 
 if importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("optimum") is None:
@@ -81,30 +80,13 @@ def test_calibration_file_formats(tmp_path) -> None:
     assert load_calibration(tmp_path / "c.txt") == ["first paragraph\nstill first", "second"]
 
 
-class TestGPTQIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
+class TestGPTQIntegration(standard.TestLocalIntegration):
+    """The same standard suite (and the same known limits of random weights) as the
+    transformers engine, on this model."""
 
     @property
     def chat_model_params(self) -> dict:
-        return {"model": "tiny-gptq", "temperature": 0, "max_tokens": 16}
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
+        return {**super().chat_model_params, "model": "tiny-gptq"}
 
 
 def test_quantize_refuses_a_non_model_directory(tmp_path) -> None:

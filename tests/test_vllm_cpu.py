@@ -10,7 +10,6 @@ import os
 import time
 
 import pytest
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from model_adapters.vllm_engine import vllm_build
 
@@ -21,6 +20,7 @@ if vllm_build() != "cpu":
 
 from chatbot import factory  # noqa: E402
 from model_adapters.local_chat import ChatLocal  # noqa: E402
+from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
@@ -53,30 +53,13 @@ def engine(vllm_registry):
     return factory.get_engine("tiny-vllm")
 
 
-class TestVLLMIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
+class TestVLLMIntegration(standard.TestLocalIntegration):
+    """The same standard suite (and the same known limits of random weights) as the
+    transformers engine, on this model."""
 
     @property
     def chat_model_params(self) -> dict:
-        return {"model": "tiny-vllm", "temperature": 0, "max_tokens": 16}
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
+        return {**super().chat_model_params, "model": "tiny-vllm"}
 
 
 def test_picked_vllm_and_options_pass_through(engine) -> None:
@@ -103,6 +86,22 @@ def test_json_schema_through_vllm_structured_outputs(engine) -> None:
     out = model.invoke("weather in paris?", response_format=fmt)
     data = json.loads(out.content)
     assert set(data) == {"city", "sunny"} and isinstance(data["sunny"], bool)
+
+
+def test_json_closes_within_a_small_budget(engine) -> None:
+    """vLLM's grammar alone would stop mid-object at max_tokens; ours closes it in time."""
+    schema = {
+        "type": "object",
+        "properties": {"setup": {"type": "string"}, "punchline": {"type": "string"}},
+        "required": ["setup", "punchline"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "joke", "schema": schema}}
+    for budget in (24, 32):  # the shortest valid object is 17 tokens here
+        out = engine.chat_model(max_tokens=budget, temperature=1.0, seed=3).invoke(
+            "tell me a joke", response_format=fmt
+        )
+        assert set(json.loads(out.content)) == {"setup", "punchline"}
+        assert out.usage_metadata["output_tokens"] <= budget
 
 
 def test_forced_tool_call_through_vllm_structural_tag(engine) -> None:

@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
     app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, registry)
     add_chain_routes(app)  # /chains/{rag,conversation,agent}
+    app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
     ops.install_middleware(app, settings, state.metrics)
     return app

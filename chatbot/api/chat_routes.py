@@ -23,7 +23,7 @@ from chatbot.api.convert import (
 )
 from chatbot.api.errors import bad_request
 from chatbot.api.metrics import RequestTracker
-from chatbot.api.models import resolve_chat_model, supports_response_format
+from chatbot.api.models import check_max_tokens, resolve_chat_model, supports_response_format
 from chatbot.api.protocol import (
     ChatCompletionChoice,
     ChatCompletionRequest,
@@ -140,6 +140,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     max_tokens = body.max_completion_tokens or body.max_tokens
     overrides = generation_overrides(body.temperature, body.top_p, max_tokens, body.seed)
     model = await resolve_chat_model(body.model, state.settings, **overrides)
+    check_max_tokens(
+        name, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    )
     runnable, kwargs = bind_tools(model, body, name)
     stop = stop_list(body.stop)
     n = body.n or 1

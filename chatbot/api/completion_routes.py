@@ -24,7 +24,7 @@ from chatbot.api.convert import (
 )
 from chatbot.api.errors import bad_request
 from chatbot.api.metrics import RequestTracker
-from chatbot.api.models import resolve_chat_model
+from chatbot.api.models import check_max_tokens, resolve_chat_model
 from chatbot.api.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -120,6 +120,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     name = default_name(body.model)
     overrides = generation_overrides(body.temperature, body.top_p, body.max_tokens, body.seed)
     model = await resolve_chat_model(body.model, state.settings, **overrides)
+    check_max_tokens(name, body.max_tokens)
     local = _is_local(model)
     if not local and any(not isinstance(p, str) for p in prompts):
         raise bad_request(f"Model {name!r} takes text prompts, not token ids.", param="prompt")

@@ -107,6 +107,7 @@ def to_langchain_messages(messages: Sequence[Mapping[str, Any]]) -> list[BaseMes
     Anything else raises a 400 APIError naming the field, e.g. `messages[2].role`.
     """
     out: list[BaseMessage] = []
+    call_ids: set[str] = set()  # ids of the tool calls so far: tool results must answer one
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
@@ -123,12 +124,19 @@ def to_langchain_messages(messages: Sequence[Mapping[str, Any]]) -> list[BaseMes
         elif role == "assistant":
             text = _text_only(content, f"{where}.content")
             calls = _tool_calls(message.get("tool_calls"), where)
+            call_ids.update(call["id"] for call in calls)
             out.append(AIMessage(content=text, tool_calls=calls, **extra))
         elif role == "tool":
             call_id = message.get("tool_call_id")
             if not call_id:
                 raise bad_request(
                     f"'{where}.tool_call_id' is required for role 'tool'.", f"{where}.tool_call_id"
+                )
+            if call_id not in call_ids:
+                raise bad_request(
+                    f"'{where}' with role 'tool' must answer a tool call of an earlier "
+                    f"assistant message (no tool call has id {str(call_id)[:64]!r}).",
+                    f"{where}.tool_call_id",
                 )
             text = _text_only(content, f"{where}.content")
             out.append(ToolMessage(content=text, tool_call_id=call_id, **extra))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
+import openai
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_adapters.generation import ContextLengthError, QueueFullError
 from model_adapters.messages import UnsupportedContentError
+from model_adapters.router import AllReplicasFailed
+from model_adapters.router_chat import StreamInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ _TYPES = {
     422: INVALID_REQUEST,
     429: "rate_limit_error",
     500: SERVER_ERROR,
+    502: SERVER_ERROR,
     503: SERVER_ERROR,
     504: SERVER_ERROR,
 }
@@ -138,6 +143,51 @@ def from_validation(errors: list[dict[str, Any]]) -> APIError:
     return bad_request("; ".join(messages) + ".", param=param)
 
 
+# --- upstream (remote provider / router) failures ------------------------------------
+
+# Upstream 4xx that are the caller's fault (their prompt, their parameters): passed on.
+# Others (401/403/404: our key or model name upstream is wrong) are the server's problem.
+_CLIENT_FAULT = frozenset({400, 409, 413, 422})
+
+
+def from_upstream(exc: BaseException) -> APIError | None:
+    """Errors of remote providers and the router -> 4xx passthrough or 502/503/504."""
+    if isinstance(exc, AllReplicasFailed):
+        return APIError(503, f"No upstream could answer: {exc}", code="upstream_unavailable",
+                        headers={"Retry-After": "5"})
+    if isinstance(exc, StreamInterrupted):
+        return APIError(502, str(exc), code="upstream_error")
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
+        return APIError(504, "The upstream provider did not answer in time.", code="timeout")
+    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
+        return APIError(502, "Could not reach the upstream provider.", code="upstream_error")
+    if isinstance(exc, openai.APIStatusError):
+        status, message = exc.status_code, _upstream_message(exc)
+        if status in _CLIENT_FAULT:
+            return APIError(status, message, code="upstream_rejected")
+        if status == 429:
+            retry = exc.response.headers.get("retry-after", "1")
+            return APIError(429, f"The upstream provider is rate limiting: {message}",
+                            code="rate_limit_exceeded", headers={"Retry-After": retry})
+        if status in (408, 504):
+            return APIError(504, "The upstream provider timed out.", code="timeout")
+        if status == 503:
+            return APIError(503, f"The upstream provider is unavailable: {message}",
+                            code="upstream_unavailable")
+        return APIError(502, f"The upstream provider failed ({status}): {message}",
+                        code="upstream_error")
+    return None
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return exc.message
+
+
 # --- the mapping ----------------------------------------------------------------------
 
 
@@ -164,6 +214,11 @@ def from_exception(exc: BaseException) -> APIError:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+    upstream = from_upstream(exc)
+    if upstream is not None:
+        return upstream
+    if isinstance(exc, RecursionError):  # json.loads of "[[[[...": the input, not a bug
+        return bad_request("The request is nested too deeply.", code="nesting_too_deep")
     if isinstance(exc, TimeoutError):
         return APIError(504, "The request took longer than the server allows.", code="timeout")
     if isinstance(exc, ValueError):
@@ -174,7 +229,7 @@ def from_exception(exc: BaseException) -> APIError:
 
 
 def log_error(exc: BaseException, api: APIError) -> None:
-    if api.status >= 500 and not isinstance(exc, (APIError, TimeoutError)):
+    if api.status >= 500 and api.code is None and not isinstance(exc, APIError):
         log.error("request failed: %s", api.message, exc_info=exc)  # unexpected: a bug
     elif api.status >= 500:
         log.warning("request failed (%d): %s", api.status, api.message)
@@ -199,5 +254,9 @@ def install_error_handlers(app: FastAPI) -> None:
         QueueFullError,
         UnsupportedContentError,
         ValueError,
+        AllReplicasFailed,
+        StreamInterrupted,
+        openai.APIError,
+        httpx.HTTPError,
     ):
         app.add_exception_handler(exc_type, handle)

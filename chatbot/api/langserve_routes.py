@@ -8,11 +8,14 @@ stream_events, playground). Chains are mounted with `add_runnable_routes(app,
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
 from langchain_core.runnables import Runnable
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot.api.errors import from_exception, log_error
 from chatbot.api.models import chat_runnable
 from chatbot.registry import Registry
 
@@ -33,3 +36,51 @@ def add_model_routes(app: FastAPI, registry: Registry) -> list[str]:
         add_runnable_routes(app, path, chat_runnable(entry.name))
         paths.append(path)
     return paths
+
+
+_STREAM_ENDPOINTS = ("/stream", "/stream_log", "/stream_events")
+
+
+class StreamErrorEvents:
+    """LangServe reports any error inside a stream as an opaque in-band event,
+    `{"status_code": 500, "message": "Internal Server Error"}`, then re-raises it. This
+    holds that event back and, when the exception follows, sends it with the status and
+    message chatbot.api.errors gives that exception (400 for a bad knowledge-base name,
+    429 for a full queue, ...) plus the OpenAI `error` object; RemoteRunnable raises
+    with that status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).endswith(_STREAM_ENDPOINTS):
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal held
+            body = message.get("body", b"")
+            if message["type"] == "http.response.body" and body.startswith(b"event: error"):
+                held = message
+                return
+            if held is not None:  # the stream went on after it: send the event as it was
+                await send(held)
+                held = None
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if held is None:
+                raise
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            api = from_exception(cause)
+            log_error(cause, api)
+            sep = b"\r\n" if b"\r\n" in held["body"] else b"\n"
+            data = json.dumps({"status_code": api.status, "message": api.message, **api.body()})
+            event = b"event: error" + sep + b"data: " + data.encode() + sep + sep
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        if held is not None:
+            await send(held)

@@ -1,7 +1,9 @@
 """Prometheus metrics: HTTP requests and latency per route; per model: requests,
 latency, tokens in/out, time to first token, requests in flight, loaded or not.
 
-Each app has its own CollectorRegistry, so several apps can live in one process.
+Each app has its own CollectorRegistry, so several apps can live in one process. The
+router's per-replica counters (process-wide, on prometheus_client's default registry)
+are added to each app's registry so that /metrics shows them too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatbot.api import limits
+from model_adapters.router import REPLICA_COUNTERS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -69,6 +74,8 @@ class Metrics:
         self.loaded = Gauge(
             "chatbot_model_loaded", "1 if the model is loaded.", ["model"], registry=r
         )
+        for counter in REPLICA_COUNTERS:
+            r.register(counter)
 
     def track(self, model: str, endpoint: str) -> RequestTracker:
         return RequestTracker(self, model, endpoint)
@@ -100,6 +107,7 @@ class RequestTracker:
             self.metrics.ttft.labels(self.model).observe(time.perf_counter() - self.start)
 
     def tokens(self, prompt: int, completion: int) -> None:
+        limits.charge_tokens(prompt + completion)  # the caller's tokens/min budget
         if prompt:
             self.metrics.tokens_in.labels(self.model).inc(prompt)
         if completion:

@@ -21,10 +21,16 @@ from typing import Annotated, Any, Union
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, convert_to_messages
 from langchain_core.prompt_values import ChatPromptValueConcrete, StringPromptValue
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from chatbot import factory
 from chatbot.api.errors import APIError, from_validation, model_not_found, model_unavailable
@@ -126,6 +132,20 @@ def context_length(entry: ModelEntry) -> int | None:
     return int(value) if isinstance(value, int) else entry.options.max_model_len
 
 
+def check_max_tokens(name: str, max_tokens: int | None, param: str = "max_tokens") -> None:
+    """400 for max_tokens beyond the model's whole context: it can never be honoured."""
+    entry = factory.get_registry().entries.get(name)
+    limit = context_length(entry) if entry is not None and max_tokens else None
+    if limit and max_tokens and max_tokens > limit:
+        raise APIError(
+            400,
+            f"'{param}' is {max_tokens}, more than model {name!r}'s context length of "
+            f"{limit} tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
 def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
     """The /v1/models object for one registry entry: OpenAI's fields plus ours."""
     picked = factory.picked.get(entry.name)
@@ -153,20 +173,85 @@ def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
 # request bodies against it: concrete prompt values (the abstract PromptValue cannot be
 # built: a TypeError, a 500), and messages tried as typed messages first (else they
 # validate as bare BaseMessage, which no model takes), then as tuples or dicts.
+#
+# LangChain's message classes raise TypeError (for a list where a message should be, a
+# tool call with unknown keys, ...) from inside validation: not a validation error, so
+# a 500. These wrappers make them validation errors (a 4xx) and let the union go on.
+_INPUT_ERRORS = (TypeError, KeyError, AttributeError, NotImplementedError)
+
+
+def _typed_message(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    if not isinstance(value, BaseMessage) and not (
+        isinstance(value, dict) and isinstance(value.get("type"), str)
+    ):
+        raise ValueError("a typed message needs a 'type'")
+    try:
+        return handler(value)
+    except _INPUT_ERRORS as exc:
+        raise ValueError(f"invalid message: {exc}") from None
+
+
+def _typed_prompt(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except _INPUT_ERRORS as exc:
+        raise ValueError(f"invalid prompt value: {exc}") from None
+
+
+def _chat_input_error(value: Any) -> str | None:
+    """Why a model could not take this input (None: it can). LangChain raises TypeError,
+    NotImplementedError or KeyError for malformed messages, which would read as a 500."""
+    if isinstance(value, (str, StringPromptValue, ChatPromptValueConcrete)):
+        return None
+    try:
+        messages = convert_to_messages(value)
+    except (ValueError, *_INPUT_ERRORS) as exc:
+        return f"Invalid input: {exc}"
+    return None if messages else "Invalid input: no messages."
+
+
+def _validate_chat_input(value: Any) -> Any:
+    # Checked while LangServe validates the body, so that a bad message is a 4xx before a
+    # stream starts (an error inside a LangServe stream is an opaque in-band 500).
+    error = _chat_input_error(value)
+    if error:
+        raise ValueError(error)
+    return value
+
+
+def _check_chat_input(value: Any) -> None:
+    error = _chat_input_error(value)
+    if error:
+        raise APIError(400, error, param="input")
+
+
 _MessageLike = Annotated[
-    Union[AnyMessage, tuple[str, str], list[str], dict[str, Any], str],  # noqa: UP007
+    Union[  # noqa: UP007
+        Annotated[AnyMessage, WrapValidator(_typed_message)],
+        tuple[str, str],
+        list[str],
+        dict[str, Any],
+        str,
+    ],
     Field(union_mode="left_to_right"),
 ]
 ChatInput = Annotated[
-    Union[str, StringPromptValue, ChatPromptValueConcrete, Sequence[_MessageLike]],  # noqa: UP007
+    Union[  # noqa: UP007
+        str,
+        StringPromptValue,
+        Annotated[ChatPromptValueConcrete, WrapValidator(_typed_prompt)],
+        Sequence[_MessageLike],
+    ],
     Field(union_mode="left_to_right"),
+    AfterValidator(_validate_chat_input),
 ]
 
 
 def chat_runnable(name: str) -> Runnable:
     """A Runnable over registry chat model `name`, built (and loaded) per call."""
 
-    def build(_input: Any) -> Runnable:
+    def build(value: Any) -> Runnable:
+        _check_chat_input(value)
         try:
             return factory.get_chat_model(name)
         except Exception as exc:  # noqa: BLE001

@@ -59,7 +59,7 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
 
 def _texts(value: Any) -> list[str]:
     if isinstance(value, str):
-        return [value]
+        value = [value]
     if not value:
         raise bad_request("'input' must not be empty.", param="input")
     if not all(isinstance(v, str) for v in value):
@@ -67,6 +67,11 @@ def _texts(value: Any) -> list[str]:
             "'input' must be a string or an array of strings (token ids are not supported).",
             param="input",
         )
+    for i, text in enumerate(value):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): not text
+            raise bad_request(f"'input[{i}]' is not valid Unicode text: {exc}.", "input") from None
     return list(value)
 
 

@@ -3,8 +3,9 @@
 
 Middleware order, outermost first: request context (id, access log, last-resort 500)
 -> HTTP metrics -> CORS (only when origins are configured) -> body size limit -> API
-key check -> routes. Keys are compared in constant time and never logged: nothing here
-logs headers, and the access log line has the method, path, status and duration only.
+key check -> per-key rate limits (only when configured, chatbot.api.limits) -> routes.
+Keys are compared in constant time and never logged: nothing here logs headers, and the
+access log line has the method, path, status and duration only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot.api.errors import APIError, from_exception, log_error
+from chatbot.api.limits import RateLimiter, RateLimitMiddleware
 from chatbot.api.metrics import HTTPMetricsMiddleware, Metrics
 from chatbot.settings import Settings
 
@@ -102,6 +104,7 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = [0]
+        finished = [False]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,15 +112,26 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished[0] = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - nothing may escape as a bare 500 page
+            if status[0] and isinstance(exc.__cause__, Exception):
+                exc = exc.__cause__  # Starlette's "response already started": log the cause
             api = from_exception(exc)
             log_error(exc, api)
             if status[0] == 0:
                 await _send_error(send_wrapper, api)
+            elif not finished[0]:
+                # A stream failed after it started (its error event, if any, is sent):
+                # end the body properly instead of resetting the connection.
+                try:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except Exception:  # noqa: BLE001 - the client may be gone already
+                    pass
         finally:
             elapsed = (time.perf_counter() - start) * 1000
             log.info(
@@ -249,6 +263,9 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> No
     if settings.public_metrics:
         public.add("/metrics")
     keys = [k.get_secret_value() for k in settings.api_keys]
+    if settings.rate_limit_rpm or settings.rate_limit_tpm:  # after the key check
+        limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, public_paths=PUBLIC_PATHS)
     app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:

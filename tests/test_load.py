@@ -1,0 +1,218 @@
+"""Load on a real server with the tiny model: 256 concurrent streams, a third of the
+clients hanging up at random points. Every remaining client gets a complete, well-formed
+stream; the gone clients' generations stop (counted by the runtime's stats); a second
+round leaves no tasks, threads or memory growing. Past `max_queue`, clients get 429 with
+Retry-After at once, never a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+import pytest
+
+from chatbot import factory
+from chatbot.api import create_app
+from chatbot.settings import Settings
+from tests.openai_schema import validate
+from tests.server_utils import start_server
+
+CLIENTS = 256
+STAY_TOKENS = 8  # small: 2 shared cores
+LEAVE_TOKENS = 400  # long: a leaver's generation could only finish if nobody stopped it
+SEED = 8
+
+
+class LoopProbe:
+    """ASGI wrapper that remembers the server's event loop, to count its tasks."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.app(scope, receive, send)
+
+    def tasks(self) -> int:
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1  # not this one
+
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(timeout=10)
+
+
+@dataclass
+class Round:
+    sent: int = 0
+    completed: int = 0
+    disconnects: int = 0
+    server_errors: int = 0
+    other: list[str] = field(default_factory=list)
+
+
+def check_stream(text: str) -> None:
+    """A complete, well-formed OpenAI stream: valid chunks, a finish_reason, [DONE]."""
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert events and events[-1] == "data: [DONE]", text[-300:]
+    finish = None
+    for block in events[:-1]:
+        assert block.startswith("data: "), block
+        chunk = json.loads(block[len("data: "):])
+        assert "error" not in chunk, chunk
+        validate(chunk, "CreateChatCompletionStreamResponse")
+        for choice in chunk["choices"]:
+            finish = choice.get("finish_reason") or finish
+    assert finish in ("stop", "length"), text[-300:]
+
+
+async def client(http: httpx.AsyncClient, i: int, leave: bool, rng: random.Random,
+                 result: Round) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": f"client {i} says hi"}],
+            "max_tokens": LEAVE_TOKENS if leave else STAY_TOKENS, "stream": True}
+    result.sent += 1
+    if leave and rng.random() < 0.25:  # hang up before the answer starts (while queued)
+        try:
+            await asyncio.wait_for(http.post("/v1/chat/completions", json=body),
+                                   rng.uniform(0.01, 0.5))
+        except asyncio.TimeoutError:
+            result.disconnects += 1
+            return
+        result.other.append(f"leaver {i} was answered before hanging up")
+        return
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code >= 500:
+            result.server_errors += 1
+        if response.status_code != 200:
+            result.other.append(f"{response.status_code}: {(await response.aread())[:200]!r}")
+            return
+        if leave:  # hang up after a random number of events
+            events = rng.randint(1, 6)
+            async for line in response.aiter_lines():
+                events -= line.startswith("data: ")
+                if events <= 0:
+                    break
+            result.disconnects += 1
+            return
+        text = (await response.aread()).decode()
+    try:
+        check_stream(text)
+        result.completed += 1
+    except AssertionError as exc:
+        result.other.append(f"client {i}: {exc}")
+
+
+async def one_round(url: str, seed: int) -> Round:
+    rng = random.Random(seed)
+    leavers = set(rng.sample(range(CLIENTS), CLIENTS // 3))
+    result = Round()
+    limits = httpx.Limits(max_connections=CLIENTS + 8, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as http:
+        await asyncio.gather(*(client(http, i, i in leavers, rng, result)
+                               for i in range(CLIENTS)))
+    return result
+
+
+def settle(stats, probe: LoopProbe, timeout: float = 60.0) -> None:
+    """Wait until nothing is generating and the server is back to its idle tasks."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int] = (-1, -1)
+    while time.monotonic() < deadline:
+        now = (stats.generated_tokens, probe.tasks())
+        if now == last:
+            return
+        last = now
+        time.sleep(0.5)
+
+
+def snapshot(probe: LoopProbe) -> dict[str, int]:
+    gc.collect()
+    return {"rss": psutil.Process().memory_info().rss, "threads": threading.active_count(),
+            "tasks": probe.tasks()}
+
+
+def test_256_streams_with_disconnects(_registry, capsys):
+    probe = LoopProbe(create_app(Settings(api_keys=[]), show_progress=False))
+    with start_server(probe, wait_ready=True) as url:
+        httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "warm up"}],
+            "max_tokens": 2})
+        stats = factory.get_engine("tiny").runtime.stats
+        rounds, snapshots, cancelled, generated = [], [], [], []
+        for seed in (SEED, SEED + 1):
+            before = (stats.cancelled, stats.generated_tokens)
+            started = time.monotonic()
+            result = asyncio.run(one_round(url, seed))
+            settle(stats, probe)
+            rounds.append(result)
+            cancelled.append(stats.cancelled - before[0])
+            generated.append(stats.generated_tokens - before[1])
+            snapshots.append(snapshot(probe))
+            with capsys.disabled():
+                print(f"\nload round {seed - SEED + 1}: sent {result.sent}, completed "
+                      f"{result.completed}, disconnects {result.disconnects}, cancelled "
+                      f"generations {cancelled[-1]}, generated tokens {generated[-1]}, 5xx "
+                      f"{result.server_errors}, {time.monotonic() - started:.1f}s, "
+                      f"rss {snapshots[-1]['rss'] / 2**20:.0f} MiB, threads "
+                      f"{snapshots[-1]['threads']}, tasks {snapshots[-1]['tasks']}")
+        metrics = httpx.get(f"{url}/metrics").text
+    leavers = CLIENTS // 3
+    for result, gone, made in zip(rounds, cancelled, generated):
+        assert result.other == [], result.other[:5]
+        assert result.server_errors == 0
+        assert result.sent == CLIENTS
+        assert result.disconnects == leavers
+        assert result.completed == CLIENTS - leavers  # every remaining client, complete
+        # Every gone client's generation was cancelled, not run to its 400 tokens.
+        assert gone >= leavers * 0.9, (gone, leavers)
+        assert made < (CLIENTS - leavers) * STAY_TOKENS + leavers * LEAVE_TOKENS / 4, made
+    assert 'chatbot_model_requests_in_flight{model="tiny"} 0.0' in metrics
+    first, second = snapshots
+    assert second["threads"] <= first["threads"], snapshots
+    assert second["tasks"] <= first["tasks"] + 2, snapshots
+    assert second["rss"] - first["rss"] < 64 * 2**20, snapshots  # MiB, not per-request leaks
+
+
+def test_past_max_queue_is_429_with_retry_after_never_a_timeout(_registry):
+    """tiny-batched: 4 running + 4 waiting; 40 clients at once: the rest get 429 at once."""
+    async def burst(url: str) -> list[tuple[int, float, httpx.Headers, bytes]]:
+        body = {"model": "tiny-batched", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 64, "stream": True}
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+            async def one() -> tuple[int, float, httpx.Headers, bytes]:
+                started = time.monotonic()
+                async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                    first = time.monotonic() - started
+                    return r.status_code, first, r.headers, await r.aread()
+
+            return await asyncio.gather(*(one() for _ in range(40)))
+
+    app = create_app(Settings(api_keys=[]), show_progress=False)
+    with start_server(app, wait_ready=True) as url:
+        results = asyncio.run(burst(url))
+    statuses = [status for status, *_ in results]
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 8 and statuses.count(429) >= 1, statuses
+    for status, first, headers, body in results:
+        if status == 429:
+            assert int(headers["retry-after"]) >= 1
+            error = json.loads(body)
+            validate(error, "ErrorResponse")
+            assert error["error"]["code"] == "rate_limit_exceeded"
+            assert first < 20, first  # answered, not left waiting
+        else:
+            check_stream(body.decode())
+
+
+@pytest.fixture(autouse=True)
+def _quiet_access_log(caplog):
+    caplog.set_level("WARNING")  # 500+ access lines per round are not worth keeping
