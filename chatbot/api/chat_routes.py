@@ -266,4 +266,4 @@ async def _stream_chat(
         finally:
             tracker.finish(outcome)
 
-    return sse_response(payloads())
+    return sse_response(payloads(), close=[first_stream])

@@ -258,4 +258,4 @@ async def _stream_completion(
         finally:
             tracker.finish(outcome)
 
-    return sse_response(payloads())
+    return sse_response(payloads(), close=[first_stream])

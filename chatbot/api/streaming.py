@@ -3,14 +3,16 @@
 An error raised by the payload iterator after the response started is sent as one
 event in OpenAI's error format, followed by [DONE]. If the client goes away, the
 iterator is cancelled and closed, which closes the model's stream and cancels the
-generation (model_adapters.generation.Sink sets the request's cancel event).
+generation (model_adapters.generation.Sink sets the request's cancel event). Streams
+opened before the response (to turn early errors into HTTP statuses) are passed as
+`close`, and closed however the response ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -47,8 +49,32 @@ async def sse_events(payloads: AsyncIterator[BaseModel | dict[str, Any]]) -> Asy
     yield {"data": DONE}
 
 
+class _ClosingResponse(EventSourceResponse):
+    """Closes `close` (model streams opened before the payloads started) when the response
+    ends in any way. A client gone before the first event can mean that the payload
+    generator never starts, so its own `finally` never runs: the generation would go on."""
+
+    def __init__(self, content: Any, close: Sequence[Any], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._close = list(close)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for stream in self._close:  # closing twice is harmless
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+
+
 def sse_response(
-    payloads: AsyncIterator[BaseModel | dict[str, Any]], headers: dict[str, str] | None = None
+    payloads: AsyncIterator[BaseModel | dict[str, Any]],
+    headers: dict[str, str] | None = None,
+    close: Sequence[Any] = (),
 ) -> EventSourceResponse:
     # sep="\n": frame events with "\n\n" exactly as OpenAI does.
-    return EventSourceResponse(sse_events(payloads), sep="\n", headers=headers, ping=15)
+    return _ClosingResponse(
+        sse_events(payloads), close, sep="\n", headers=headers, ping=15
+    )
