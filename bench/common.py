@@ -73,7 +73,11 @@ def model_dir(model: str | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def registry_for(
-    path: Path, max_batch_size: int = 16, max_queue: int = 1024, lazy: bool = False
+    path: Path,
+    max_batch_size: int = 16,
+    max_queue: int = 1024,
+    lazy: bool = False,
+    max_tokens: int = 256,
 ) -> Iterator[str]:
     """Point chatbot's process-wide registry at one entry `bench` serving `path`."""
     import yaml
@@ -89,12 +93,13 @@ def registry_for(
             "max_batch_size": max_batch_size,
             "max_queue": max_queue,
             "lazy": lazy,
-            "defaults": {"temperature": 0},
+            "defaults": {"temperature": 0, "max_tokens": max_tokens},
             "options": {"device": os.environ.get("BENCH_DEVICE", "auto")},
         }
         config.write_text(yaml.safe_dump({"default_model": "bench", "models": {"bench": entry}}))
         os.environ["CHATBOT_CONFIG"] = str(config)
         os.environ["CHATBOT_MODELS_ROOT"] = tmp
+        os.environ["CHATBOT_DATA_DIR"] = tmp  # chat histories of chain routes: not the checkout
         get_settings.cache_clear()
         chatbot.set_registry(None)
         try:

@@ -79,7 +79,8 @@ def proxies(stack: contextlib.ExitStack, up: str, litellm: str) -> dict[str, tup
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "chatbot.api.app:create_app",
            "--port", str(port), "--log-level", "warning"]
-    env = {"CHATBOT_CONFIG": str(ours), "CHATBOT_MODELS_ROOT": str(tmp), "CHATBOT_API_KEYS": KEY}
+    env = {"CHATBOT_CONFIG": str(ours), "CHATBOT_MODELS_ROOT": str(tmp),
+           "CHATBOT_DATA_DIR": str(tmp), "CHATBOT_API_KEYS": KEY}
     stack.enter_context(server(cmd, f"http://127.0.0.1:{port}/ready", "bench-gw-ours", env))
     found = {"ours": (f"http://127.0.0.1:{port}/v1/chat/completions", "up")}
     if Path(litellm).exists():

@@ -100,7 +100,8 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     """Serve an app with uvicorn on the settings' host and port, with our logging."""
     import uvicorn
 
-    from chatbot.api.ops import configure_logging
+    from chatbot.api.ops import GracefulServer, configure_logging
+    from chatbot.api.streaming import let_streams_finish_on_shutdown
     from chatbot.settings import get_settings
 
     settings = get_settings()
@@ -108,8 +109,10 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     host = host or settings.host
     port = port or settings.port
     err.print(f"[bold]chatbot[/] serving on [cyan]http://{host}:{port}[/] (OpenAI API at /v1)")
-    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish for shutdown_grace.
-    uvicorn.run(
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests (streams too) finish for up to
+    # shutdown_grace seconds, then cancel what is left and exit 0.
+    let_streams_finish_on_shutdown()
+    config = uvicorn.Config(
         app_,
         host=host,
         port=port,
@@ -117,6 +120,7 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
+    GracefulServer(config).run()
 
 
 @app.command()

@@ -132,9 +132,9 @@ class GrammarMatcher:
         import torch
         import xgrammar as xgr
 
-        if self._must_finish():
+        if self.must_finish():
             forced = torch.full_like(logits, float("-inf"))
-            forced[self._finish_token(self.matcher)] = 0
+            forced[self.finish_token(self.matcher)] = 0
             return forced
         self.matcher.fill_next_token_bitmask(self.bitmask)
         bitmask = self.bitmask.to(logits.device)
@@ -173,7 +173,7 @@ class GrammarMatcher:
             words[stop >> 5] &= ~(1 << (stop & 31))
         return not words.any()
 
-    def _finish_token(self, matcher: Any) -> int:
+    def finish_token(self, matcher: Any) -> int:
         """The next token on a short path to the end of the grammar."""
         import torch
 
@@ -199,12 +199,12 @@ class GrammarMatcher:
         sim = self.matcher.fork()
         steps = 0
         while steps < limit and not self._is_done(sim):
-            if not sim.accept_token(self._finish_token(sim)):
+            if not sim.accept_token(self.finish_token(sim)):
                 return limit
             steps += 1
         return steps
 
-    def _must_finish(self) -> bool:
+    def must_finish(self) -> bool:
         if self.finishing or self.max_tokens is None:
             return self.finishing
         remaining = self.max_tokens - self.produced

@@ -170,16 +170,16 @@ class HFRuntime:
                     break
                 free = self.max_batch_size - len(self._batch)
                 admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-            with torch.inference_mode():
-                if admitted:
-                    self._admit(admitted)
-                if self._batch.rows:
-                    try:
+            try:
+                with torch.inference_mode():
+                    if admitted:
+                        self._admit(admitted)
+                    if self._batch.rows:
                         self._step()
-                    except Exception as exc:  # noqa: BLE001 - the error goes back to callers
-                        log.exception("generation step failed")
-                        self._fail(self._batch.rows, exc)
-                        self._batch.keep([])
+            except Exception as exc:  # noqa: BLE001 - the error goes back to the callers
+                log.exception("generation step failed")
+                self._fail(self._batch.rows, exc)
+                self._batch.keep([])  # the worker lives on for the next requests
         closed = RuntimeError("the model runtime was closed")
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
@@ -230,11 +230,11 @@ class HFRuntime:
         self._retire(fresh)
         if not fresh.rows:
             return
-        ids, mask, positions = left_padded(
-            [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
-        )
-        fresh.cache = DynamicCache(config=self.model.config)
         try:
+            ids, mask, positions = left_padded(
+                [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
+            )
+            fresh.cache = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -243,13 +243,17 @@ class HFRuntime:
                 use_cache=True,
                 **self._logits_to_keep,
             )
-        except Exception as exc:  # noqa: BLE001 - fail only the new requests
+            self._advance(fresh.rows, out.logits[:, -1])
+            self._retire(fresh)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail only the new requests
             log.exception("prefill failed")
             self._fail(fresh.rows, exc)
             return
-        self._advance(fresh.rows, out.logits[:, -1])
-        self._retire(fresh)
-        self._batch.merge(fresh.rows, fresh.cache)
+        try:
+            self._batch.merge(fresh.rows, fresh.cache)
+        except Exception:
+            self._fail(fresh.rows, RuntimeError("could not add the request to the batch"))
+            raise  # the batch's cache may be half-merged: _run fails the running rows too
 
     def _step(self) -> None:
         """One decode step for every running row; finished/cancelled rows leave after it."""

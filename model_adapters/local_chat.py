@@ -21,6 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from chatbot.engines import Engine
 from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
@@ -303,3 +304,23 @@ class _Output:
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info=merged.generation_info)]
         )
+
+
+class LocalEngine(Engine):
+    """Base for engines whose weights live in this process behind a runtime (`self.runtime`
+    with `submit`, `tokenizer`, `memory_bytes`, `close`): they all serve `ChatLocal`."""
+
+    runtime: Any
+
+    def chat_model(self, **overrides: Any) -> ChatLocal:
+        defaults = self.entry.defaults.model_dump(exclude_none=True)
+        if not defaults.get("stop"):
+            defaults.pop("stop", None)
+        params = {**defaults, "tool_parser": self.entry.tool_parser, **overrides}
+        return ChatLocal(model=self.entry.name, runtime=self.runtime, **params)
+
+    def memory_bytes(self) -> int:
+        return self.runtime.memory_bytes()
+
+    def close(self) -> None:
+        self.runtime.close()

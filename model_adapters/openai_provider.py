@@ -68,6 +68,10 @@ def _api_key(entry: ModelEntry) -> SecretStr:
     )
 
 
+DEFAULT_READ_TIMEOUT = 120.0  # seconds; the registry's `timeout` overrides it
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
 def _split_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     """Params the LangChain class knows become its fields; the rest go in the request body
     (`extra_body`), which is how compatible servers take their own knobs (top_k, ...)."""
@@ -87,8 +91,10 @@ def _client_kwargs(entry: ModelEntry) -> dict[str, Any]:
         "max_retries": entry.max_retries,
         "default_headers": dict(entry.headers) or None,
     }
-    if entry.timeout is not None:
-        kwargs["timeout"] = entry.timeout
+    # Always bounded: without a timeout the openai client waits forever on a silent
+    # upstream. `timeout` is the read timeout (between bytes, so long streams are fine).
+    read = entry.timeout or DEFAULT_READ_TIMEOUT
+    kwargs["timeout"] = httpx.Timeout(read, connect=min(read, DEFAULT_CONNECT_TIMEOUT))
     if entry.http_proxy:
         kwargs["openai_proxy"] = entry.http_proxy
     if is_azure(entry):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from chatbot.engines import Engine
 from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
-from model_adapters.local_chat import ChatLocal
+from model_adapters.local_chat import LocalEngine
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(LocalEngine):
     name = "transformers"
     kinds = frozenset({"chat"})
     needs_path = True
@@ -46,16 +43,3 @@ class TransformersEngine(Engine):
             max_batch_size=entry.max_batch_size,
             load_kwargs=load_kwargs,
         )
-
-    def chat_model(self, **overrides: Any) -> ChatLocal:
-        defaults = self.entry.defaults.model_dump(exclude_none=True)
-        if not defaults.get("stop"):
-            defaults.pop("stop", None)
-        params = {**defaults, "tool_parser": self.entry.tool_parser, **overrides}
-        return ChatLocal(model=self.entry.name, runtime=self.runtime, **params)
-
-    def memory_bytes(self) -> int:
-        return self.runtime.memory_bytes()
-
-    def close(self) -> None:
-        self.runtime.close()

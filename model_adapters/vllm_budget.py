@@ -89,7 +89,7 @@ class BudgetedDecode:
             if not self.following:
                 break
             # GrammarMatcher's own budget check, as the transformers runtime uses it.
-            if not self.lost and self.matcher._must_finish():
+            if not self.lost and self.matcher.must_finish():
                 self.must_close = True
                 break
             out.append(self._take(token))
@@ -99,5 +99,5 @@ class BudgetedDecode:
         """The grammar's shortest completion, within what is left of the budget."""
         out = []
         while self.finish is None and not self.lost and self.produced < self.budget:
-            out.append(self._take(self.matcher._finish_token(self.matcher.matcher)))
+            out.append(self._take(self.matcher.finish_token(self.matcher.matcher)))
         return "".join(out)

@@ -26,7 +26,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from chatbot.engines import Engine
 from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
 from model_adapters.generation import (
@@ -38,7 +37,7 @@ from model_adapters.generation import (
     Sink,
 )
 from model_adapters.hf_engine import EngineStats
-from model_adapters.local_chat import ChatLocal
+from model_adapters.local_chat import LocalEngine
 from model_adapters.vllm_budget import BudgetedDecode, wants_budget
 
 log = logging.getLogger(__name__)
@@ -334,7 +333,7 @@ def _close_all() -> None:
         runtime.close()
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(LocalEngine):
     name = "vllm"
     kinds = frozenset({"chat"})
     needs_path = True
@@ -374,16 +373,3 @@ class VLLMEngine(Engine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         super().__init__(entry, settings)
         self.runtime = VLLMRuntime(entry, max_queue=entry.max_queue)
-
-    def chat_model(self, **overrides: Any) -> ChatLocal:
-        defaults = self.entry.defaults.model_dump(exclude_none=True)
-        if not defaults.get("stop"):
-            defaults.pop("stop", None)
-        params = {**defaults, "tool_parser": self.entry.tool_parser, **overrides}
-        return ChatLocal(model=self.entry.name, runtime=self.runtime, **params)
-
-    def memory_bytes(self) -> int:
-        return self.runtime.memory_bytes()
-
-    def close(self) -> None:
-        self.runtime.close()

@@ -229,3 +229,34 @@ async def test_logits_mask_applies_to_its_row_only(
     )
     assert results[1] == (target, "stop")
     assert [results[0][0], results[2][0]] == expected
+
+
+class BrokenMask(ForcedTokens):
+    def mask(self, logits: Any) -> Any:
+        raise ValueError("broken mask")
+
+
+async def test_a_failing_request_does_not_fail_the_batch(
+    model: Any, runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model_adapters.hf_engine as hf_engine
+
+    monkeypatch.setattr(hf_engine, "make_constraint", lambda c, *_: c and BrokenMask([]))
+    expected = await alone(model, PROMPTS[:2], max_tokens=30)
+    request = model.request_for_prompt(model.prompt_ids([HumanMessage("break")]), max_tokens=30)
+    request.constraint = Constraint(kind="test")
+
+    async def broken() -> BaseException | None:
+        try:
+            async for _ in stream_async(runtime.submit, request):
+                pass
+        except ValueError as exc:
+            return exc
+        return None
+
+    results = await asyncio.gather(
+        run(model, PROMPTS[0], max_tokens=30), broken(), run(model, PROMPTS[1], max_tokens=30)
+    )
+    assert str(results[1]) == "broken mask"
+    assert [results[0][0], results[2][0]] == expected
+    assert (await run(model, PROMPTS[0], max_tokens=30))[0] == expected[0]  # worker still alive

@@ -230,6 +230,22 @@ def test_tool_messages_without_a_matching_call(http):
     assert r.status_code == 200, r.text
 
 
+def test_errors_inside_langserve_streams_keep_their_status(http, server_url):
+    """LangServe sends errors inside a stream as an in-band event; ours carry the real
+    status (400 here: a bad knowledge-base name) and OpenAI's error, not an opaque 500."""
+    from langserve import RemoteRunnable
+
+    r = http.post("/chains/rag/stream", json={"input": {"kb": "../etc", "question": "q"}})
+    assert r.status_code == 200  # LangServe has started the stream before the chain fails
+    error_event = r.text.split("event: error")[-1]
+    data = json.loads(error_event.split("data: ", 1)[1].split("\n", 1)[0])
+    assert data["status_code"] == 400
+    validate({"error": data["error"]}, "ErrorResponse")
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        list(RemoteRunnable(f"{server_url}/chains/rag").stream({"kb": "../etc", "question": "q"}))
+    assert info.value.response.status_code == 400
+
+
 def test_the_server_is_still_healthy_afterwards(http):
     assert http.get("/health").status_code == 200
     r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO})

@@ -10,14 +10,17 @@ access log line has the method, path, status and duration only.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
 import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
@@ -74,6 +77,23 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# --- the server ----------------------------------------------------------------------
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but a graceful shutdown on SIGTERM/SIGINT exits 0. uvicorn re-raises the
+    signal once it has shut down, so the exit status would be -15, which process
+    managers read as a crash."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 # --- middleware ----------------------------------------------------------------------

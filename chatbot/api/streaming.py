@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import AppStatus
 
 from chatbot.api.errors import from_exception, log_error
 
@@ -47,6 +48,13 @@ async def sse_events(payloads: AsyncIterator[BaseModel | dict[str, Any]]) -> Asy
             with anyio.CancelScope(shield=True):  # closing cancels the generation
                 await aclose()
     yield {"data": DONE}
+
+
+def let_streams_finish_on_shutdown() -> None:
+    """For `chatbot serve`. On SIGTERM sse-starlette ends every open stream at once by
+    default; with that off, in-flight streams run to their end, and uvicorn's
+    timeout_graceful_shutdown (settings.shutdown_grace) bounds how long it waits."""
+    AppStatus.disable_automatic_graceful_drain()
 
 
 class _ClosingResponse(EventSourceResponse):
