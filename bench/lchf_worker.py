@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,13 +38,28 @@ def main() -> None:
     )
     chat = ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe), tokenizer=tokenizer)
 
+    # Count the tokens generate() really produced (re-tokenizing the reply text would not
+    # give the same count); each call runs on its own thread, so a thread-local works.
+    produced = threading.local()
+    generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        prompt = kwargs.get("input_ids", args[0] if args else None)
+        produced.n = out.shape[-1] - prompt.shape[-1]
+        return out
+
+    model.generate = counting_generate
+
+    def invoke(i: int) -> int:
+        chat.invoke(messages(i))
+        return produced.n
+
     # Its ainvoke raises NotImplementedError for HuggingFacePipeline: callers use threads.
     threads = ThreadPoolExecutor(64)
 
     async def call(i: int) -> int:
-        loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(threads, chat.invoke, messages(i))
-        return len(tokenizer.encode(reply.content, add_special_tokens=False))
+        return await asyncio.get_running_loop().run_in_executor(threads, invoke, i)
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

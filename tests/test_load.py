@@ -193,11 +193,11 @@ def test_256_streams_with_disconnects(_registry, capsys):
 
 
 def test_past_max_queue_is_429_with_retry_after_never_a_timeout(_registry):
-    """tiny-batched: 4 running + 4 waiting; 40 clients at once: the rest get 429 at once."""
+    """tiny-batched: 4 running + 4 waiting; 64 clients at once: the rest get 429 at once."""
     async def burst(url: str) -> list[tuple[int, float, httpx.Headers, bytes]]:
         body = {"model": "tiny-batched", "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 64, "stream": True}
-        limits = httpx.Limits(max_connections=64)
+                "max_tokens": 256, "stream": True}
+        limits = httpx.Limits(max_connections=72)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
 
             async def one() -> tuple[int, float, httpx.Headers, bytes]:
@@ -206,14 +206,14 @@ def test_past_max_queue_is_429_with_retry_after_never_a_timeout(_registry):
                     first = time.monotonic() - started
                     return r.status_code, first, r.headers, await r.aread()
 
-            return await asyncio.gather(*(one() for _ in range(40)))
+            return await asyncio.gather(*(one() for _ in range(64)))
 
     app = create_app(Settings(api_keys=[]), show_progress=False)
     with start_server(app, wait_ready=True) as url:
         results = asyncio.run(burst(url))
     statuses = [status for status, *_ in results]
     assert set(statuses) <= {200, 429}, statuses
-    assert statuses.count(200) >= 8 and statuses.count(429) >= 1, statuses
+    assert statuses.count(200) >= 8 and statuses.count(429) >= 8, statuses
     for status, first, headers, body in results:
         if status == 429:
             assert int(headers["retry-after"]) >= 1

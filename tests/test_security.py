@@ -192,6 +192,14 @@ def test_tokens_per_minute_per_key(_registry):
                              headers=bearer(KEYS[1])).status_code == 200
 
 
+def test_without_keys_the_limit_is_per_address_not_per_header(_registry):
+    app = create_app(Settings(api_keys=[], rate_limit_rpm=2), show_progress=False)
+    with start_server(app) as url:
+        codes = [httpx.get(f"{url}/v1/models", headers=bearer(f"made-up-{i}")).status_code
+                 for i in range(3)]  # a fresh made-up key each time buys nothing
+    assert codes == [200, 200, 429]
+
+
 def test_no_rate_limits_by_default():
     s = Settings(api_keys=[])
     assert s.rate_limit_rpm is None and s.rate_limit_tpm is None

@@ -97,9 +97,10 @@ def charge_tokens(tokens: int) -> None:
         caller.limiter.charge(caller.key, tokens)
 
 
-def caller_key(scope: Scope) -> str:
-    """A digest of the bearer token (never the key itself), else the client address."""
-    for name, value in scope.get("headers", []):
+def caller_key(scope: Scope, by_key: bool) -> str:
+    """A digest of the API key (never the key itself) when keys are checked, else the
+    client address (an unchecked header would let a client pick a fresh budget)."""
+    for name, value in scope.get("headers", []) if by_key else ():
         if name.lower() == b"authorization":
             return "key:" + hashlib.sha256(value).hexdigest()[:16]
     client = scope.get("client") or ("?", 0)
@@ -108,17 +109,18 @@ def caller_key(scope: Scope) -> str:
 
 class RateLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, limiter: RateLimiter, public_paths: frozenset[str]
+        self, app: ASGIApp, limiter: RateLimiter, public_paths: frozenset[str], by_key: bool
     ) -> None:
         self.app = app
         self.limiter = limiter
         self.public_paths = public_paths
+        self.by_key = by_key  # keys are checked before this middleware runs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.public_paths:
             await self.app(scope, receive, send)
             return
-        key = caller_key(scope)
+        key = caller_key(scope, self.by_key)
         wait = self.limiter.admit(key)
         if wait > 0:
             api = APIError(

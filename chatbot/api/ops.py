@@ -285,7 +285,9 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> No
     keys = [k.get_secret_value() for k in settings.api_keys]
     if settings.rate_limit_rpm or settings.rate_limit_tpm:  # after the key check
         limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
-        app.add_middleware(RateLimitMiddleware, limiter=limiter, public_paths=PUBLIC_PATHS)
+        app.add_middleware(
+            RateLimitMiddleware, limiter=limiter, public_paths=PUBLIC_PATHS, by_key=bool(keys)
+        )
     app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
