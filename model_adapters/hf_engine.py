@@ -14,9 +14,11 @@ arbitrary per-request logits mask (structured output), and it needs paged attent
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,15 @@ from model_adapters.generation import (
 )
 
 log = logging.getLogger(__name__)
+_live: weakref.WeakSet[HFRuntime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # A daemon worker still inside torch when the interpreter finalizes aborts the process
+    # ("terminate called without an active exception"): stop the workers before that.
+    for runtime in list(_live):
+        runtime.close()
 
 
 @dataclass
@@ -119,6 +130,7 @@ class HFRuntime:
         self._batch = Batch(self.device)
         self._worker = threading.Thread(target=self._run, name=f"hf-{Path(path).name}", daemon=True)
         self._worker.start()
+        _live.add(self)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -153,9 +165,12 @@ class HFRuntime:
             self._cond.notify()
 
     def close(self) -> None:
+        """Stop the worker (after its current step); requests left get an error."""
         with self._cond:
             self._closed = True
             self._cond.notify()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout=30)
 
     # --- worker thread ---------------------------------------------------------------
 

@@ -126,7 +126,7 @@ class ChatLocal(BaseChatModel):
                 dicts, tools, self.runtime.tokenizer, parser
             )
         text = render_chat(self.runtime.tokenizer, dicts, template_tools)
-        return encode(self.runtime.tokenizer, text)
+        return encode(self.runtime.tokenizer, text, self.runtime.context_length)
 
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from model_adapters.generation import ContextLengthError
 from model_adapters.messages import fold_system, fold_tools
 
 
@@ -48,7 +49,26 @@ def render_chat(
         raise ValueError(f"the model's chat template rejected the messages: {exc}") from exc
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
+def max_token_chars(tokenizer: Any) -> int:
+    """Longest vocabulary entry: no token covers more characters than this."""
+    cached = getattr(tokenizer, "_chatbot_max_token_chars", None)
+    if cached is None:
+        cached = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+        tokenizer._chatbot_max_token_chars = cached
+    return cached
+
+
+def encode(tokenizer: Any, text: str, context_length: int | None = None) -> list[int]:
+    """Token ids of a rendered prompt.
+
+    With `context_length`, a text too long to fit even at the most characters a token can
+    cover is rejected before tokenizing: a multi-megabyte prompt costs no CPU.
+    """
+    if context_length and len(text) > context_length * max_token_chars(tokenizer):
+        raise ContextLengthError(
+            f"prompt of {len(text)} characters cannot fit the model's context length of "
+            f"{context_length} tokens"
+        )
     # The template already wrote BOS and role markers; don't add them twice.
     try:
         return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -160,3 +160,9 @@ def test_breaking_out_of_sync_stream_cancels():
         time.sleep(0.02)
     assert runtime.stats.cancelled == before + 1
     assert model.invoke("still works", max_tokens=2).content
+
+
+def test_huge_prompt_is_rejected_before_tokenizing():
+    model = chatbot.get_chat_model("tiny")
+    with pytest.raises(ContextLengthError, match="7000000 characters cannot fit"):
+        model.prompt_ids([HumanMessage("x" * 7_000_000)])
