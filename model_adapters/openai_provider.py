@@ -27,7 +27,9 @@ models:
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
 from typing import Any
 
 import httpx
@@ -107,18 +109,40 @@ def _client_kwargs(entry: ModelEntry) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def proxied_clients(proxy: str) -> dict[str, Any]:
-    """httpx clients through `proxy`, to share: built per request they would cost a TLS
-    context (~40 ms) and a fresh connection pool each time."""
-    return {"http_client": httpx.Client(proxy=proxy),
-            "http_async_client": httpx.AsyncClient(proxy=proxy)}
+class SharedClients:
+    """httpx clients for one entry, built once: a ChatOpenAI built without them makes its
+    own (an SSL context, ~40 ms) on every request. One sync client; one async client per
+    event loop, since an httpx.AsyncClient must not be used from two loops."""
+
+    def __init__(self, entry: ModelEntry) -> None:
+        self.proxy = entry.http_proxy
+        self.sync = httpx.Client(proxy=self.proxy)
+        self._async: weakref.WeakKeyDictionary[Any, httpx.AsyncClient]
+        self._async = weakref.WeakKeyDictionary()
+        self._no_loop: httpx.AsyncClient | None = None
+
+    def for_this_loop(self) -> dict[str, Any]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # sync caller: one client, bound to the first loop using it
+            if self._no_loop is None:
+                self._no_loop = httpx.AsyncClient(proxy=self.proxy)
+            client = self._no_loop
+        else:
+            client = self._async.get(loop)
+            if client is None:
+                client = self._async[loop] = httpx.AsyncClient(proxy=self.proxy)
+        return {"http_client": self.sync, "http_async_client": client}
+
+    def close(self) -> None:
+        self.sync.close()  # async clients close with their loops
 
 
 def build_chat_model(
     entry: ModelEntry, clients: dict[str, Any] | None = None, **overrides: Any
 ) -> BaseChatModel:
     """ChatOpenAI / AzureChatOpenAI for one entry; `overrides` win over registry defaults.
-    `clients`: shared httpx clients (see `proxied_clients`)."""
+    `clients`: shared httpx clients (see `SharedClients`)."""
     cls: type[ChatOpenAI] = AzureChatOpenAI if is_azure(entry) else ChatOpenAI
     defaults = entry.defaults.model_dump(exclude_none=True)
     if not defaults.get("stop"):
@@ -155,10 +179,10 @@ class OpenAIEngine(Engine):
         super().__init__(entry, settings)
         _api_key(entry)  # fail at load time, naming the field, not at the first request
         self._embeddings: Embeddings | None = None
-        self._clients = proxied_clients(entry.http_proxy) if entry.http_proxy else {}
+        self._clients = SharedClients(entry)
 
     def chat_model(self, **overrides: Any) -> BaseChatModel:
-        return build_chat_model(self.entry, self._clients, **overrides)
+        return build_chat_model(self.entry, self._clients.for_this_loop(), **overrides)
 
     def embeddings(self) -> Embeddings:
         if self._embeddings is None:
@@ -166,5 +190,4 @@ class OpenAIEngine(Engine):
         return self._embeddings
 
     def close(self) -> None:
-        if self._clients:
-            self._clients["http_client"].close()  # the async one closes with its loop
+        self._clients.close()

@@ -103,22 +103,14 @@ async def _collect_choice(
     deadline: Deadline,
     tracker: RequestTracker,
 ) -> _Choice:
-    stream = open_stream(runnable, messages, stop, kwargs)
-    merged: AIMessageChunk | None = None
-    raw: str | None = None
-    try:
-        while True:
-            try:
-                chunk = as_chunk(await deadline.next(stream))
-            except StopAsyncIteration:
-                break
-            if chunk.content or chunk.tool_call_chunks:
-                tracker.first_token()
-            raw = raw_finish_reason(chunk) or raw
-            merged = chunk if merged is None else merged + chunk
-    finally:
-        await aclose_stream(stream)
-    return _Choice(merged if merged is not None else AIMessageChunk(content=""), raw)
+    # One call, not a stream: a remote upstream then answers with one JSON body instead
+    # of an SSE stream (cheaper to parse). Cancelling this task still stops a local
+    # generation: the model's own stream is closed as the cancellation unwinds.
+    if stop is not None:
+        kwargs = {**kwargs, "stop": stop}
+    message = as_chunk(await deadline.run(runnable.ainvoke(messages, **kwargs)))
+    tracker.first_token()
+    return _Choice(message, raw_finish_reason(message))
 
 
 def _sum_usage(usages: list[UsageInfo]) -> UsageInfo:

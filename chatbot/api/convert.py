@@ -180,9 +180,13 @@ def as_chunk(output: Any) -> AIMessageChunk:
         return output
     if isinstance(output, AIMessage):
         calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"), "index": i}
-            for i, c in enumerate(output.tool_calls)
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id")}
+            for c in output.tool_calls
+        ] + [  # kept as given, so they stay invalid with their error text
+            {"name": c.get("name"), "args": c.get("args"), "id": c.get("id")}
+            for c in output.invalid_tool_calls
         ]
+        calls = [{**c, "index": i} for i, c in enumerate(calls)]
         return AIMessageChunk(
             content=output.content,
             tool_call_chunks=calls,
