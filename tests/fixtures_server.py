@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from openai import OpenAI
 
 from tests.server_utils import start_server
 
@@ -22,3 +24,15 @@ def server_url(_registry) -> Iterator[str]:
     app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
     with start_server(app, wait_ready=True) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def client(server_url) -> OpenAI:
+    """The official openai client against our server."""
+    return OpenAI(base_url=f"{server_url}/v1", api_key="not-needed", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(server_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, timeout=120) as c:
+        yield c

@@ -16,12 +16,6 @@ from tests.openai_schema import validate
 HELLO = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=120) as c:
-        yield c
-
-
 def assert_error(response: httpx.Response, status: int, param=None, code=None) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")

@@ -8,25 +8,13 @@ import base64
 import json
 import struct
 
-import httpx
 import pytest
-from openai import AsyncOpenAI, BadRequestError, OpenAI
+from openai import AsyncOpenAI, BadRequestError
 
 from tests.openai_schema import validate
 from tests.server_utils import sse_payloads
 
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def client(server_url) -> OpenAI:
-    return OpenAI(base_url=f"{server_url}/v1", api_key="not-needed", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=120) as c:
-        yield c
 
 
 # --- /v1/models --------------------------------------------------------------------

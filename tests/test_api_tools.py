@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from openai import OpenAI
 
 from tests.openai_schema import validate
 from tests.server_utils import sse_payloads
 
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def client(server_url) -> OpenAI:
-    return OpenAI(base_url=f"{server_url}/v1", api_key="not-needed", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=120) as c:
-        yield c
 
 
 TOOLS = [

@@ -96,12 +96,6 @@ def test_schemathesis_every_operation_no_5xx(server_url):
 # --- by hand -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=120) as client:
-        yield client
-
-
 def _stats():
     return factory.get_engine("tiny").runtime.stats
 

@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError
 from pydantic import BaseModel
 
 WEATHER = {
@@ -54,11 +54,6 @@ ORDER = {
 class Joke(BaseModel):
     setup: str
     punchline: str
-
-
-@pytest.fixture(scope="module")
-def client(server_url) -> OpenAI:
-    return OpenAI(base_url=f"{server_url}/v1", api_key="not-needed", max_retries=0)
 
 
 def streamed_calls(stream) -> tuple[dict[int, dict], str | None]:
