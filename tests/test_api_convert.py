@@ -263,3 +263,20 @@ def test_sse_error_mid_stream_then_done():
     assert json.loads(events[0]) == {"n": 1}
     assert json.loads(events[1])["error"]["code"] == "rate_limit_exceeded"
     assert events[2] == "[DONE]"
+
+
+def test_fast_text_chunk_json_equals_the_pydantic_frame():
+    from chatbot.api.chat_routes import stream_chunk_head, text_chunk_json
+    from chatbot.api.protocol import (
+        ChatCompletionStreamChoice,
+        ChatCompletionStreamResponse,
+        DeltaMessage,
+    )
+    from chatbot.api.streaming import encode
+
+    for text in ["hi", 'quo"te\\ \n\t', "héllo ☃ 你好", "\u2028"]:
+        choice = ChatCompletionStreamChoice(index=2, delta=DeltaMessage(content=text))
+        slow = encode(ChatCompletionStreamResponse(id="c-1", created=7, model="m/é", choices=[choice]))
+        fast = text_chunk_json(stream_chunk_head("c-1", 7, "m/é"), 2, text)
+        assert json.loads(fast) == json.loads(slow)
+        assert list(json.loads(fast)) == list(json.loads(slow))  # same key order

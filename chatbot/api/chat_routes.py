@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,6 +88,19 @@ def bind_tools(model: Runnable, body: ChatCompletionRequest, name: str) -> tuple
             )
         kwargs["response_format"] = fmt.model_dump(exclude_none=True)
     return runnable, kwargs
+
+
+# Plain text deltas are most stream events: their JSON is written directly (the same
+# document `ChatCompletionStreamResponse` gives) instead of building and serialising
+# three pydantic models per token on the hot path.
+def stream_chunk_head(response_id: str, created: int, model: str) -> str:
+    fields = {"id": response_id, "object": "chat.completion.chunk", "created": created}
+    return json.dumps({**fields, "model": model}, ensure_ascii=False)[:-1] + ',"choices":'
+
+
+def text_chunk_json(head: str, index: int, content: str) -> str:
+    delta = json.dumps({"content": content}, ensure_ascii=False)
+    return f'{head}[{{"index":{index},"delta":{delta},"logprobs":null,"finish_reason":null}}]}}'
 
 
 @dataclass
@@ -203,6 +217,13 @@ async def _stream_chat(
             id=response_id, created=created, model=name, choices=[choice]
         )
 
+    head = stream_chunk_head(response_id, created, name)
+
+    def text_frame(index: int, delta: DeltaMessage) -> Any:
+        if delta.tool_calls is not None or delta.role is not None or delta.content is None:
+            return frame(index, delta)
+        return text_chunk_json(head, index, delta.content)
+
     async def payloads() -> AsyncIterator[Any]:
         usages: list[UsageInfo] = []
         outcome = "error"
@@ -240,7 +261,7 @@ async def _stream_chat(
                         if delta is not None:
                             tracker.first_token()
                             has_calls = has_calls or bool(delta.tool_calls)
-                            yield frame(index, delta)
+                            yield text_frame(index, delta)
                 finally:
                     await aclose_stream(stream)
                 usages.append(usage_to_openai(usage))

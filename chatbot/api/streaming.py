@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 DONE = "[DONE]"
 
 
-def encode(payload: BaseModel | dict[str, Any]) -> str:
+def encode(payload: BaseModel | dict[str, Any] | str) -> str:
+    """A payload's JSON; a str is taken as JSON already."""
+    if isinstance(payload, str):
+        return payload
     if isinstance(payload, BaseModel):
         return payload.model_dump_json()
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
