@@ -20,6 +20,10 @@ def app_state(request: Request) -> Any:
     return request.app.state.chatbot
 
 
+# Python 3.11+: a timeout in the caller's task, like anyio.fail_after but cheaper.
+_asyncio_timeout = getattr(asyncio, "timeout", None)
+
+
 class Deadline:
     """The request's deadline (settings.request_timeout); `next` awaits one item.
 
@@ -37,6 +41,9 @@ class Deadline:
         return remaining
 
     async def next(self, stream: AsyncIterator[Any]) -> Any:
+        if _asyncio_timeout is not None:  # per token: asyncio's is several times cheaper
+            async with _asyncio_timeout(self._remaining()):
+                return await stream.__anext__()
         with anyio.fail_after(self._remaining()):
             return await stream.__anext__()
 
