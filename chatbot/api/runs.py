@@ -48,6 +48,9 @@ class Deadline:
             return await stream.__anext__()
 
     async def run(self, awaitable: Any) -> Any:
+        if _asyncio_timeout is not None:
+            async with _asyncio_timeout(self._remaining()):
+                return await awaitable
         with anyio.fail_after(self._remaining()):
             return await awaitable
 
