@@ -41,6 +41,7 @@ from chatbot.api.runs import (
     aclose_stream,
     app_state,
     default_name,
+    first_output,
     gather_cancelling,
     generation_overrides,
     open_stream,
@@ -197,16 +198,7 @@ async def _stream_chat(
     tracker: RequestTracker,
 ) -> Any:
     first_stream = open_stream(runnable, messages, stop, kwargs)
-    # Wait for the first output before answering, so that errors raised before any
-    # token (prompt too long, queue full, bad content) get their own HTTP status.
-    try:
-        first: Any = await deadline.next(first_stream)
-    except StopAsyncIteration:
-        first = None
-    except BaseException as exc:
-        await aclose_stream(first_stream)
-        tracker.finish(outcome_of(exc))
-        raise
+    first: Any = await first_output(first_stream, deadline, tracker)
 
     response_id = random_id("chatcmpl")
     created = int(time.time())

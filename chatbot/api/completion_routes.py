@@ -37,6 +37,7 @@ from chatbot.api.runs import (
     aclose_stream,
     app_state,
     default_name,
+    first_output,
     gather_cancelling,
     generation_overrides,
     open_stream,
@@ -201,14 +202,7 @@ async def _stream_completion(
     n: int,
 ) -> Any:
     first_stream = pieces(jobs[0][1])
-    try:
-        first: Any = await deadline.next(first_stream)
-    except StopAsyncIteration:
-        first = None
-    except BaseException as exc:
-        await aclose_stream(first_stream)
-        tracker.finish(outcome_of(exc))
-        raise
+    first: Any = await first_output(first_stream, deadline, tracker)
     response_id = random_id("cmpl")
     created = int(time.time())
 

@@ -55,6 +55,20 @@ class Deadline:
             return await awaitable
 
 
+async def first_output(stream: AsyncIterator[Any], deadline: Deadline, tracker: Any) -> Any:
+    """Await a stream's first output (None if it is empty) before the response starts, so
+    that errors raised before any token (prompt too long, queue full, bad content) get
+    their own HTTP status. On error the stream is closed and the request counted."""
+    try:
+        return await deadline.next(stream)
+    except StopAsyncIteration:
+        return None
+    except BaseException as exc:
+        await aclose_stream(stream)
+        tracker.finish(outcome_of(exc))
+        raise
+
+
 async def aclose_stream(stream: Any) -> None:
     """Close a model stream, even while our task is being cancelled (client gone):
     closing it is what cancels the generation."""
