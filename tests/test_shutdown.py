@@ -79,6 +79,10 @@ class Stream(threading.Thread):
                    for c in json.loads(e)["choices"]]
         return next((r for r in reversed(reasons) if r), None)
 
+    def finished_choices(self) -> int:
+        return sum(1 for e in self.events if e != "[DONE]"
+                   for c in json.loads(e)["choices"] if c.get("finish_reason"))
+
 
 def refused(url: str) -> bool:
     try:
@@ -126,4 +130,6 @@ def test_past_the_grace_period_streams_are_cut_and_it_still_exits_0(
         waited = time.monotonic() - started
         stream.join(timeout=30)
     assert waited < 15, waited  # about the 1 s grace, not the stream's length
-    assert stream.finish_reason() is None  # it did not get to finish
+    # It did not get to finish: a fast machine may end the first of the 16 choices within
+    # the grace second, but not all of them, and the stream never reaches [DONE].
+    assert stream.finished_choices() < 16 and "[DONE]" not in stream.events
