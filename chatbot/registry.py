@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chatbot.engines import engine_class, known_engines
 
@@ -85,6 +94,39 @@ class RouterOptions(BaseModel):
     max_backoff: float = Field(2.0, ge=0)
 
 
+class DeployOptions(BaseModel):
+    """How `chatbot deploy` runs this entry on a Ray cluster (chatbot.deploy.ray_serve):
+    `replicas` to start with; with `min`/`max`, Ray Serve autoscales between them on
+    requests in flight per replica. Resources are per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=0)
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: ByteSize | None = Field(None, description="RAM per replica, e.g. 2GiB.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Per replica; more wait.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target.")
+    upscale_delay: float = Field(30.0, ge=0, description="Seconds over target to scale up.")
+    downscale_delay: float = Field(600.0, ge=0, description="Seconds under to scale down.")
+    look_back: float = Field(30.0, gt=0, description="Seconds of load averaged to scale.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeployOptions:
+        low = self.min if self.min is not None else min(self.replicas, 1)
+        high = self.max if self.max is not None else max(self.replicas, low)
+        if not low <= self.replicas <= high:
+            raise ValueError(f"need min <= replicas <= max, got {low} <= {self.replicas} "
+                             f"<= {high}")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min is not None or self.max is not None
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,6 +159,7 @@ class ModelEntry(BaseModel):
     tool_parser: str = "auto"
     max_batch_size: int = Field(8, ge=1)
     max_queue: int = Field(256, ge=1)
+    deploy: DeployOptions = Field(default_factory=DeployOptions)  # `chatbot deploy` (Ray)
 
     # Filled in by the registry, not by users.
     resolved_path: Path | None = Field(None, exclude=True)
