@@ -24,7 +24,7 @@ from typing import Any
 
 import chatbot
 from chatbot import factory
-from chatbot.deploy.stats import ReplicaCollector, ReplicaStats, hub_actor
+from chatbot.deploy.stats import NAMESPACE, ReplicaCollector, ReplicaStats, hub_actor
 from chatbot.registry import ModelEntry, Registry
 from chatbot.settings import Settings
 
@@ -57,16 +57,17 @@ def deployed_entries(registry: Registry) -> list[ModelEntry]:
 class ModelServer:
     """One replica of one registry entry: loads its engine and answers the ingress."""
 
-    def __init__(self, registry: Registry, name: str, settings: Settings, hub: str) -> None:
+    def __init__(self, registry: Registry, name: str, settings: Settings) -> None:
         from ray import serve
 
         chatbot.set_registry(registry)
         self.entry = registry.entries[name]
         self.engine = factory.get_engine(name, self.entry.kind, settings)
-        replica = serve.get_replica_context().replica_id
+        context = serve.get_replica_context()
+        replica = context.replica_id
         self.actor_name = replica.to_full_id_str()
-        self.stats = ReplicaStats(model=name, replica=replica.unique_id)
-        self.hub = hub_actor(hub)
+        self.stats = ReplicaStats(model=name, replica=replica.unique_id, actor=self.actor_name)
+        self.hub = hub_actor(hub_name(context.app_name))
         self._report()
 
     def _report(self) -> None:
@@ -132,8 +133,11 @@ def remote_registry(registry: Registry, app_name: str) -> Registry:
 class Ingress:
     """The app of `chatbot serve`, with the models behind Ray Serve handles."""
 
-    def __init__(self, registry: Registry, settings: Settings, app_name: str, models: Any) -> None:
+    def __init__(self, registry: Registry, settings: Settings, models: Any) -> None:
+        from ray import serve
+
         # `models` (the bound model deployments) makes them part of this application.
+        app_name = serve.get_replica_context().app_name
         chatbot.set_registry(remote_registry(registry, app_name))
         self.settings = settings
         self.hub = hub_actor(hub_name(app_name))
@@ -196,15 +200,14 @@ def deployment_options(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
     return options
 
 
-def build_application(
-    registry: Registry, settings: Settings, app_name: str = "chatbot", ingress_cpus: float = 0.5
-) -> Any:
+def build_application(registry: Registry, settings: Settings, ingress_cpus: float = 0.5) -> Any:
+    """The Ray Serve application (deploy it under any name)."""
     from ray import serve
 
     models = {}
     for entry in deployed_entries(registry):
         deployment = serve.deployment(ModelServer).options(**deployment_options(entry, settings))
-        models[entry.name] = deployment.bind(registry, entry.name, settings, hub_name(app_name))
+        models[entry.name] = deployment.bind(registry, entry.name, settings)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS,
         ray_actor_options={"num_cpus": ingress_cpus},
@@ -212,7 +215,17 @@ def build_application(
         graceful_shutdown_timeout_s=settings.shutdown_grace,
         graceful_shutdown_wait_loop_s=0.5,
     )
-    return ingress.bind(registry, settings, app_name, models)
+    return ingress.bind(registry, settings, models)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For `serve run` and KubeRay's serveConfigV2: `import_path:
+    chatbot.deploy.ray_serve:app_builder`, `args` = Settings fields (config, models_root,
+    api_keys, ...; CHATBOT_* environment variables also apply)."""
+    from chatbot.registry import load_registry
+
+    settings = Settings(**args)
+    return build_application(load_registry(settings.config, settings.models_root), settings)
 
 
 def check_resources(registry: Registry, nodes: list[dict[str, float]]) -> None:
@@ -254,9 +267,8 @@ def deploy(
     from ray import serve
 
     check_resources(registry, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    hub_actor(hub_name(app_name), create=True)
     serve.start(http_options={"host": host, "port": port})
-    application = build_application(registry, settings, app_name, ingress_cpus)
+    application = build_application(registry, settings, ingress_cpus)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -297,6 +309,6 @@ def undeploy(app_name: str = "chatbot") -> None:
 
     serve.delete(app_name)
     try:
-        ray.kill(hub_actor(hub_name(app_name)))
-    except ValueError:  # already gone
+        ray.kill(ray.get_actor(hub_name(app_name), namespace=NAMESPACE))
+    except ValueError:  # never made or already gone
         pass

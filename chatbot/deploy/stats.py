@@ -22,6 +22,7 @@ NAMESPACE = "chatbot"
 class ReplicaStats:
     model: str
     replica: str
+    actor: str = ""  # the replica's Ray actor name (namespace "serve")
     in_flight: int = 0
     completion_tokens: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -48,16 +49,15 @@ class MetricsHub:
         return list(self.replicas.values())
 
 
-def hub_actor(name: str, create: bool = False) -> Any:
-    """The app's hub: created detached by the deploy command, found by name elsewhere."""
+def hub_actor(name: str) -> Any:
+    """The app's hub, created by whichever replica asks first; detached, so it outlives
+    any one replica (`ray_serve.undeploy` removes it)."""
     import ray
 
-    if create:
-        actor = ray.remote(num_cpus=0)(MetricsHub)
-        return actor.options(
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote()
-    return ray.get_actor(name, namespace=NAMESPACE)
+    actor = ray.remote(num_cpus=0)(MetricsHub)
+    return actor.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote()
 
 
 class ReplicaCollector:
