@@ -78,3 +78,25 @@ def test_tensor_parallel(models_root) -> None:
         engine = factory.get_engine("gpu-tp")
         assert engine.runtime.engine.vllm_config.parallel_config.tensor_parallel_size == 2
         assert engine.chat_model().invoke("hello").content
+
+
+def test_ray_executor_on_a_local_ray_cluster(models_root) -> None:
+    """`distributed_executor_backend: ray` (the multi-node path) against a Ray cluster this
+    test starts; vLLM's engine process joins it through RAY_ADDRESS."""
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install '.[ray]')")
+    import os
+
+    context = ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
+    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
+    models = {"gpu-ray": {**BASE, "path": "tiny-qwen2", "engines": ["vllm"],
+                          "options": {**GPU_OPTS, "distributed_executor_backend": "ray"}}}
+    try:
+        with extra_models(models, models_root):
+            engine = factory.get_engine("gpu-ray")
+            parallel = engine.runtime.engine.vllm_config.parallel_config
+            assert parallel.distributed_executor_backend == "ray"
+            assert engine.chat_model().invoke("hello").content
+            assert ray.cluster_resources().get("GPU") == 1
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.shutdown()
