@@ -191,19 +191,25 @@ def test_a_dead_replica_loses_no_request_that_had_not_started(pair) -> None:
 
 
 def test_deleting_the_app_drains_the_stream_in_flight(pair) -> None:
+    states: list[str] = []
+
     async def one() -> dict:
         async with httpx.AsyncClient(base_url=pair, headers=AUTH, timeout=300) as http:
             seen = asyncio.Event()
-            task = asyncio.create_task(_stream(http, 120, seen))
+            task = asyncio.create_task(_stream(http, 400, seen))
             await asyncio.wait_for(seen.wait(), 120)
             deleting = threading.Thread(target=ray_serve.undeploy, args=("pair",))
             deleting.start()
-            result = await task
+            while not task.done():  # the app is being deleted while the stream goes on
+                app = serve.status().applications.get("pair")
+                states.append(app.status if app else "GONE")
+                await asyncio.sleep(0.1)
             await asyncio.to_thread(deleting.join, 120)
-            return result
+            return task.result()
 
     result = asyncio.run(one())
     assert result["done"] and result["error"] is None, result
+    assert "DELETING" in states, states
     assert "pair" not in serve.status().applications
 
 

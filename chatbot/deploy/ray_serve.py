@@ -193,7 +193,7 @@ def deployment_options(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
             "upscale_delay_s": d.upscale_delay,
             "downscale_delay_s": d.downscale_delay,
             "look_back_period_s": d.look_back,
-            "metrics_interval_s": min(10.0, d.look_back),
+            "metrics_interval_s": min(10.0, d.look_back / 2),
         }
     else:
         options["num_replicas"] = d.replicas
