@@ -148,6 +148,25 @@ def test_routes_auth_and_two_replicas_share_the_load(pair) -> None:
         model="tiny-pair", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
     assert out.usage.completion_tokens > 0 and out.choices[0].message.content
+    # Tools and errors cross the cluster: a forced call comes back, a too-long prompt is 400.
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    called = client.chat.completions.create(
+        model="tiny-pair",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=40,
+    )
+    assert called.choices[0].message.tool_calls[0].function.name == "get_weather"
+    too_long = {"model": "tiny-pair", "messages": [{"role": "user", "content": "hi " * 3000}]}
+    error = httpx.post(f"{pair}/v1/chat/completions", json=too_long, headers=AUTH, timeout=60)
+    assert error.status_code == 400, error.text
     # LangServe routes of the model, as with `chatbot serve`.
     invoke = httpx.post(f"{pair}/models/tiny-pair/invoke", json={"input": "hi"}, headers=AUTH)
     assert invoke.status_code == 200 and invoke.json()["output"]["content"]
