@@ -180,6 +180,24 @@ def test_routes_auth_and_two_replicas_share_the_load(pair) -> None:
     assert 'chatbot_model_requests_total{endpoint="chat",model="tiny-pair"' in text
 
 
+def test_a_client_that_leaves_cancels_the_generation_on_its_replica(pair) -> None:
+    def cancelled() -> int:
+        return sum(s["outcomes"].get("cancelled", 0) for s in _snapshot("pair"))
+
+    before = cancelled()
+    body = {
+        "model": "tiny-pair",
+        "messages": [{"role": "user", "content": "count to a thousand"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{pair}/v1/chat/completions", json=body, headers=AUTH) as r:
+        for line in r.iter_lines():
+            if '"content":' in line:
+                break  # leave after the first token
+    _wait(lambda: cancelled() == before + 1, 60, "cancelled on the replica")
+
+
 def test_a_dead_replica_loses_no_request_that_had_not_started(pair) -> None:
     victim = _snapshot("pair")[0]
 
