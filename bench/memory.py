@@ -113,7 +113,7 @@ def measure(name: str, args: argparse.Namespace, extra_env: dict[str, str]) -> d
     base = f"http://127.0.0.1:{port}"
     # Libraries are imported before the baseline: it is the model's memory we measure.
     start = (
-        "import torch, transformers, uvicorn, model_adapters.hf_engine, chains.serving;"
+        "import torch, transformers, uvicorn, model_adapters.transformers.runtime, chains.serving;"
         "from transformers import AutoModelForCausalLM, AutoTokenizer;"
         f"uvicorn.run('chatbot.api.app:create_app', factory=True, port={port},"
         " log_level='warning')"

@@ -101,7 +101,7 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     import uvicorn
 
     from chatbot.api.ops import GracefulServer, configure_logging
-    from chatbot.api.streaming import let_streams_finish_on_shutdown
+    from chatbot.api.sse import let_streams_finish_on_shutdown
     from chatbot.settings import get_settings
 
     settings = get_settings()

@@ -233,7 +233,7 @@ class ModelPool:
             return _device_class(device), int(size)
         if not cls.needs_path:
             return "cpu", 0  # a remote client
-        from model_adapters.hf_engine import pick_device
+        from model_adapters.transformers.runtime import pick_device
 
         return _device_class(pick_device(entry.options.device)), weights_bytes(entry.resolved_path)
 

@@ -75,7 +75,7 @@ class Replica(BaseModel):
 
 
 class RouterOptions(BaseModel):
-    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router)."""
+    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router.engine)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -17,7 +17,7 @@ from langchain_core.messages import (
 )
 from pydantic import ValidationError
 
-from chatbot.api.convert import (
+from chatbot.api.openai.convert import (
     as_chunk,
     chunk_to_delta,
     finish_reason,
@@ -26,8 +26,8 @@ from chatbot.api.convert import (
     usage_to_openai,
 )
 from chatbot.api.errors import APIError, from_exception, loc_to_param
-from chatbot.api.protocol import ChatCompletionRequest
-from chatbot.api.streaming import sse_events
+from chatbot.api.openai.protocol import ChatCompletionRequest
+from chatbot.api.sse import sse_events
 from model_adapters.generation import ContextLengthError, QueueFullError
 from model_adapters.messages import UnsupportedContentError
 
@@ -266,13 +266,13 @@ def test_sse_error_mid_stream_then_done():
 
 
 def test_fast_text_chunk_json_equals_the_pydantic_frame():
-    from chatbot.api.chat_routes import stream_chunk_head, text_chunk_json
-    from chatbot.api.protocol import (
+    from chatbot.api.openai.chat import stream_chunk_head, text_chunk_json
+    from chatbot.api.openai.protocol import (
         ChatCompletionStreamChoice,
         ChatCompletionStreamResponse,
         DeltaMessage,
     )
-    from chatbot.api.streaming import encode
+    from chatbot.api.sse import encode
 
     for text in ["hi", 'quo"te\\ \n\t', "héllo ☃ 你好", "\u2028"]:
         choice = ChatCompletionStreamChoice(index=2, delta=DeltaMessage(content=text))

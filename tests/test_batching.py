@@ -209,7 +209,7 @@ class ForcedTokens:
 async def test_logits_mask_applies_to_its_row_only(
     model: Any, runtime: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import model_adapters.hf_engine as hf_engine
+    import model_adapters.transformers.runtime as hf_engine
 
     monkeypatch.setattr(hf_engine, "make_constraint", lambda c, *_: c and ForcedTokens(c.spec))
     expected = await alone(model, PROMPTS[:2], max_tokens=30)
@@ -239,7 +239,7 @@ class BrokenMask(ForcedTokens):
 async def test_a_failing_request_does_not_fail_the_batch(
     model: Any, runtime: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import model_adapters.hf_engine as hf_engine
+    import model_adapters.transformers.runtime as hf_engine
 
     monkeypatch.setattr(hf_engine, "make_constraint", lambda c, *_: c and BrokenMask([]))
     expected = await alone(model, PROMPTS[:2], max_tokens=30)

@@ -15,8 +15,8 @@ import chatbot
 from chatbot.api import create_app
 from chatbot.api.errors import from_exception
 from chatbot.settings import Settings
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import StreamInterrupted
+from model_adapters.router.engine import AllReplicasFailed
+from model_adapters.router.chat import StreamInterrupted
 from tests.openai_schema import validate
 from tests.server_utils import start_server
 from tests.upstreams import Upstream, dead_url, registry_with

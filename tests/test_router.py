@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY
 
 import chatbot
 from chatbot.registry import RegistryError
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import ChatRouter, StreamInterrupted
+from model_adapters.router.engine import AllReplicasFailed
+from model_adapters.router.chat import ChatRouter, StreamInterrupted
 from tests.upstreams import Upstream, dead_url, fake_vector, registry_with
 
 

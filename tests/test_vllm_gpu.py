@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_adapters.vllm_engine import vllm_build
+from model_adapters.vllm.engine import vllm_build
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():

@@ -18,7 +18,8 @@ from fastapi import FastAPI
 import chatbot
 from chains.serving import add_chain_routes
 from chatbot import factory
-from chatbot.api import admin, langserve_routes, openai_routes, ops
+from chatbot.api import admin, langserve_routes, ops
+from chatbot.api.openai import routes as openai_routes
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader

@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_adapters.generation import ContextLengthError, QueueFullError
 from model_adapters.messages import UnsupportedContentError
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import StreamInterrupted
+from model_adapters.router.engine import AllReplicasFailed
+from model_adapters.router.chat import StreamInterrupted
 
 log = logging.getLogger(__name__)
 

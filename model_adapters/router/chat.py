@@ -17,7 +17,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from model_adapters.router import AllReplicasFailed, Member, ReplicaPool, is_replica_failure
+from model_adapters.router.engine import AllReplicasFailed, Member, ReplicaPool, is_replica_failure
 
 
 class StreamInterrupted(RuntimeError):

@@ -248,13 +248,13 @@ class RouterEngine(Engine):
         self.pool = ReplicaPool(entry.name, members, entry.router)
 
     def chat_model(self, **overrides: Any):
-        from model_adapters.router_chat import ChatRouter
+        from model_adapters.router.chat import ChatRouter
 
         return ChatRouter(model=self.entry.name, pool=self.pool,
                           fallbacks=list(self.entry.fallbacks), overrides=overrides)
 
     def embeddings(self):
-        from model_adapters.router_chat import RouterEmbeddings
+        from model_adapters.router.chat import RouterEmbeddings
 
         return RouterEmbeddings(self.pool, list(self.entry.fallbacks))
 

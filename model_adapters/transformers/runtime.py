@@ -5,7 +5,7 @@ is never used from two threads at once. Requests wait in a bounded queue and joi
 running batch between decode steps (continuous batching): new requests are prefilled
 together with left padding, then merged into the batch's KV cache; finished or cancelled
 requests leave the batch at the next step. Each row keeps its own stop strings, sampling
-parameters, seed and constraint (see model_adapters.hf_batch for the cache layout).
+parameters, seed and constraint (see model_adapters.transformers.batch for the cache layout).
 
 Why not transformers' own continuous batching (`generate_batch` / ContinuousBatchingManager):
 in transformers 5.19 it has per-request temperature/top-p but no per-request seed or
@@ -94,7 +94,7 @@ class HFRuntime:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from model_adapters.hf_batch import Batch, supports_merging
+        from model_adapters.transformers.batch import Batch, supports_merging
 
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -205,7 +205,7 @@ class HFRuntime:
     def _new_row(self, request: GenerationRequest, sink: Sink) -> Any:
         import torch
 
-        from model_adapters.hf_batch import Row
+        from model_adapters.transformers.batch import Row
 
         generator = None
         if request.seed is not None:
@@ -226,7 +226,7 @@ class HFRuntime:
         """Prefill new requests together (left-padded), sample their first token, merge."""
         from transformers import DynamicCache
 
-        from model_adapters.hf_batch import Batch, left_padded
+        from model_adapters.transformers.batch import Batch, left_padded
 
         rows = []
         for request, sink in items:

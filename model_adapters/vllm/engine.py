@@ -36,9 +36,9 @@ from model_adapters.generation import (
     QueueFullError,
     Sink,
 )
-from model_adapters.hf_engine import EngineStats
+from model_adapters.transformers.runtime import EngineStats
 from model_adapters.local_chat import LocalEngine
-from model_adapters.vllm_budget import BudgetedDecode, wants_budget
+from model_adapters.vllm.budget import BudgetedDecode, wants_budget
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import Runnable
 
-from chatbot.api.convert import (
+from chatbot.api.openai.convert import (
     as_chunk,
     chunk_to_delta,
     finish_reason,
@@ -25,7 +25,7 @@ from chatbot.api.convert import (
 from chatbot.api.errors import bad_request
 from chatbot.api.metrics import RequestTracker
 from chatbot.api.models import check_max_tokens, resolve_chat_model, supports_response_format
-from chatbot.api.protocol import (
+from chatbot.api.openai.protocol import (
     ChatCompletionChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -36,7 +36,7 @@ from chatbot.api.protocol import (
     UsageInfo,
     random_id,
 )
-from chatbot.api.runs import (
+from chatbot.api.openai.serving import (
     Deadline,
     aclose_stream,
     app_state,
@@ -47,7 +47,7 @@ from chatbot.api.runs import (
     open_stream,
     outcome_of,
 )
-from chatbot.api.streaming import sse_response
+from chatbot.api.sse import sse_response
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
 

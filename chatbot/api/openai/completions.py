@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import Runnable
 
-from chatbot.api.convert import (
+from chatbot.api.openai.convert import (
     as_chunk,
     content_text,
     finish_reason,
@@ -25,14 +25,14 @@ from chatbot.api.convert import (
 from chatbot.api.errors import bad_request
 from chatbot.api.metrics import RequestTracker
 from chatbot.api.models import check_max_tokens, resolve_chat_model
-from chatbot.api.protocol import (
+from chatbot.api.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     UsageInfo,
     random_id,
 )
-from chatbot.api.runs import (
+from chatbot.api.openai.serving import (
     Deadline,
     aclose_stream,
     app_state,
@@ -43,7 +43,7 @@ from chatbot.api.runs import (
     open_stream,
     outcome_of,
 )
-from chatbot.api.streaming import sse_response
+from chatbot.api.sse import sse_response
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
 

@@ -58,7 +58,7 @@ class ToolCallParam(OpenAIRequest):
 
 
 class ChatMessageParam(OpenAIRequest):
-    """One input message. Roles are checked by chatbot.api.convert (400 naming the field)."""
+    """One input message. Roles are checked by chatbot.api.openai.convert (400 naming the field)."""
 
     role: str
     content: str | list[dict[str, Any]] | None = None

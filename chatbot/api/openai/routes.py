@@ -4,7 +4,7 @@ completions (completion_routes), and here /v1/models, /v1/models/{id}, /v1/embed
 Every chat model is driven through its LangChain interface (`astream`); the legacy
 completions API drives local models from the raw prompt. Errors that happen before the
 first token (unknown model, prompt too long, queue full, ...) are HTTP errors; later
-ones end the stream with an error event (chatbot.api.streaming).
+ones end the stream with an error event (chatbot.api.sse).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from chatbot import factory
-from chatbot.api import chat_routes, completion_routes
+from chatbot.api.openai import chat as chat_routes
+from chatbot.api.openai import completions as completion_routes
 from chatbot.api.errors import APIError, bad_request, model_not_found
 from chatbot.api.models import model_card, resolve_embeddings
-from chatbot.api.protocol import (
+from chatbot.api.openai.protocol import (
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -28,7 +29,7 @@ from chatbot.api.protocol import (
     ModelCard,
     ModelList,
 )
-from chatbot.api.runs import Deadline, app_state, default_name, outcome_of
+from chatbot.api.openai.serving import Deadline, app_state, default_name, outcome_of
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 router.include_router(chat_routes.router)
