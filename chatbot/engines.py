@@ -114,10 +114,6 @@ def pick_engine(entry: ModelEntry) -> tuple[type[Engine], dict[str, str]]:
         cls = engine_class(name)
         reason = cls.unavailable_reason(entry)
         if reason is None:
-            if entry.replicas or entry.fallbacks:  # spread over replicas, then fall back
-                from model_adapters.router.engine import routed
-
-                cls = routed(cls)
             return cls, skipped
         skipped[name] = reason
     detail = "; ".join(f"{n}: {r}" for n, r in skipped.items())

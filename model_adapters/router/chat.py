@@ -17,13 +17,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from model_adapters.router.engine import AllReplicasFailed, Member, ReplicaPool, is_replica_failure
+from chatbot.errors import AllReplicasFailed, StreamInterrupted
+from model_adapters.router.replicas import (
+    FallbackResolver,
+    Member,
+    ReplicaPool,
+    is_replica_failure,
+)
 
-
-class StreamInterrupted(RuntimeError):
-    """A replica failed after the first token was sent: too late to fail over."""
-
-    status_code = 502
+__all__ = ["ChatRouter", "RouterEmbeddings", "StreamInterrupted"]
 
 
 def _has_token(chunk: AIMessageChunk) -> bool:
@@ -47,6 +49,7 @@ class ChatRouter(BaseChatModel):
     pool: ReplicaPool = Field(exclude=True, repr=False)
     fallbacks: list[str] = Field(default_factory=list)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    resolver: FallbackResolver = Field(exclude=True, repr=False)
     _models: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
 
     @property
@@ -76,9 +79,7 @@ class ChatRouter(BaseChatModel):
     def _fallback(self, name: str) -> BaseChatModel:
         key = f"fallback:{name}"
         if key not in self._models:
-            from chatbot.factory import get_chat_model
-
-            self._models[key] = get_chat_model(name, **self.overrides)
+            self._models[key] = self.resolver.chat_model(name, **self.overrides)
         return self._models[key]
 
     @staticmethod
@@ -205,14 +206,15 @@ class ChatRouter(BaseChatModel):
 class RouterEmbeddings(Embeddings):
     """Embeddings over an entry's replicas, then its fallback embeddings entries."""
 
-    def __init__(self, pool: ReplicaPool, fallbacks: list[str]) -> None:
+    def __init__(
+        self, pool: ReplicaPool, fallbacks: list[str], resolver: FallbackResolver
+    ) -> None:
         self.pool = pool
         self.fallbacks = fallbacks
+        self.resolver = resolver
 
     def _fallback(self, name: str) -> Embeddings:
-        from chatbot.factory import get_embeddings
-
-        return get_embeddings(name)
+        return self.resolver.embeddings(name)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.pool.run(

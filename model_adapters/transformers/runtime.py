@@ -20,12 +20,10 @@ import logging
 import threading
 import weakref
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model_adapters.generation import (
-    ContextLengthError,
     Delta,
     GenerationRequest,
     IncrementalDecoder,
@@ -34,6 +32,9 @@ from model_adapters.generation import (
     StopMatcher,
     sample_next,
 )
+from model_adapters.runtime import EngineStats, check_context
+
+__all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[HFRuntime] = weakref.WeakSet()
@@ -45,15 +46,6 @@ def _close_all() -> None:
     # ("terminate called without an active exception"): stop the workers before that.
     for runtime in list(_live):
         runtime.close()
-
-
-@dataclass
-class EngineStats:
-    requests: int = 0
-    cancelled: int = 0
-    generated_tokens: int = 0
-    steps: int = 0  # decode steps (one forward pass for the whole batch each)
-    peak_batch: int = 0  # the most requests decoded together in one step
 
 
 def pick_device(device: str) -> str:
@@ -148,11 +140,7 @@ class HFRuntime:
     # --- requests --------------------------------------------------------------------
 
     def check_fits(self, prompt_len: int, max_tokens: int) -> None:
-        if prompt_len >= self.context_length:
-            raise ContextLengthError(
-                f"prompt has {prompt_len} tokens but the model's context length is "
-                f"{self.context_length}"
-            )
+        check_context(prompt_len, self.context_length)
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         self.check_fits(len(request.prompt_ids), request.max_tokens)
