@@ -26,10 +26,11 @@ class PoolBusyError(RuntimeError):
 class ModelNotFoundError(LookupError):
     """A request named a model that is not served (or not of the kind asked for)."""
 
-    def __init__(self, name: str | None, kind: str = "chat") -> None:
+    def __init__(self, name: str | None, kind: str = "chat", message: str | None = None) -> None:
         self.name = name
         self.kind = kind
-        super().__init__(f"model {name!r} ({kind}) is not served")
+        self.message = message  # said to the client as it is, when given
+        super().__init__(message or f"model {name!r} ({kind}) is not served")
 
 
 class ModelLoadError(RuntimeError):

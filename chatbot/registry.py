@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from chatbot.engines import engine_class, known_engines
+from chatbot.errors import ModelNotFoundError
 
 Kind = Literal["chat", "embeddings"]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -130,6 +131,13 @@ class ModelEntry(BaseModel):
     def is_local(self) -> bool:
         return self.path is not None
 
+    def generation_defaults(self) -> dict[str, Any]:
+        """The entry's `defaults` as chat-model fields (an empty `stop` left out)."""
+        defaults = self.defaults.model_dump(exclude_none=True)
+        if not defaults.get("stop"):
+            defaults.pop("stop", None)
+        return defaults
+
 
 class RegistryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -162,8 +170,22 @@ class Registry:
         )
         self.serve = serve if serve is not None else list(entries)
 
+    def default_name(self, name: str | None, kind: Kind = "chat") -> str | None:
+        """`name`, or the registry's default model of that kind when none is given."""
+        return name or (self.default_model if kind == "chat" else self.default_embeddings)
+
+    def served_entry(self, name: str | None, kind: Kind | None = "chat") -> ModelEntry:
+        """The served entry of that kind (None: any kind, no default), else
+        ModelNotFoundError (a 404 over HTTP)."""
+        if kind is not None:
+            name = self.default_name(name, kind)
+        entry = self.entries.get(name or "")
+        if entry is None or entry.name not in self.serve or kind not in (None, entry.kind):
+            raise ModelNotFoundError(name, kind or "model")
+        return entry
+
     def get(self, name: str | None, kind: Kind = "chat") -> ModelEntry:
-        name = name or (self.default_model if kind == "chat" else self.default_embeddings)
+        name = self.default_name(name, kind)
         entry = self.entries.get(name or "")
         if entry is None or entry.kind != kind:
             names = sorted(e.name for e in self.entries.values() if e.kind == kind)

@@ -306,9 +306,7 @@ class ProviderEngine(Engine):
         self.provider = self.provider_cls(ProviderConfig.from_entry(entry))
 
     def chat_model(self, **overrides: Any) -> ChatCustom:
-        defaults = self.entry.defaults.model_dump(exclude_none=True)
-        if not defaults.get("stop"):
-            defaults.pop("stop", None)
+        defaults = self.entry.generation_defaults()
         fields = {**defaults, **overrides}
         known = {k: v for k, v in fields.items() if k in ChatCustom.model_fields}
         extra = {k: v for k, v in fields.items() if k not in ChatCustom.model_fields}

@@ -10,10 +10,12 @@ import pytest
 
 from chatbot import factory
 from chatbot.api import create_app
-from chatbot.pool import pool
+from chatbot.factory import default_catalog
 from chatbot.settings import Settings
 from tests.extra_models import extra_models
 from tests.server_utils import start_server
+
+pool = default_catalog().pool
 
 KEY = "admin-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

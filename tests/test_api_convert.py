@@ -17,6 +17,7 @@ from langchain_core.messages import (
 )
 from pydantic import ValidationError
 
+from chatbot.api.errors import APIError, from_exception, loc_to_param
 from chatbot.api.openai.convert import (
     as_chunk,
     chunk_to_delta,
@@ -25,7 +26,6 @@ from chatbot.api.openai.convert import (
     to_langchain_messages,
     usage_to_openai,
 )
-from chatbot.api.errors import APIError, from_exception, loc_to_param
 from chatbot.api.openai.protocol import ChatCompletionRequest
 from chatbot.api.sse import sse_events
 from model_adapters.generation import ContextLengthError, QueueFullError

@@ -78,8 +78,8 @@ def test_tool_calls_map_to_openai_format(client, http):
 def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
     from langchain_core.language_models import FakeListChatModel
 
-    from chatbot.api.openai.chat import bind_tools
     from chatbot.api.errors import APIError
+    from chatbot.api.openai.chat import bind_tools
     from chatbot.api.openai.protocol import ChatCompletionRequest
 
     model = FakeListChatModel(responses=["x"])  # LangChain's base bind_tools raises

@@ -8,8 +8,8 @@ import pytest
 from chatbot import factory
 from chatbot.engines import pick_engine
 from chatbot.registry import parse_registry
-from model_adapters.vllm import engine as vllm_engine
 from model_adapters.transformers.engine import TransformersEngine
+from model_adapters.vllm import engine as vllm_engine
 from model_adapters.vllm.engine import VLLMEngine
 from tests.extra_models import extra_models
 

@@ -14,9 +14,8 @@ import pytest
 import chatbot
 from chatbot.api import create_app
 from chatbot.api.errors import from_exception
+from chatbot.errors import AllReplicasFailed, StreamInterrupted
 from chatbot.settings import Settings
-from model_adapters.router.engine import AllReplicasFailed
-from model_adapters.router.chat import StreamInterrupted
 from tests.openai_schema import validate
 from tests.server_utils import start_server
 from tests.upstreams import Upstream, dead_url, registry_with

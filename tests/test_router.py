@@ -11,9 +11,9 @@ from langchain_core.messages import AIMessage
 from prometheus_client import REGISTRY
 
 import chatbot
+from chatbot.errors import AllReplicasFailed, StreamInterrupted
 from chatbot.registry import RegistryError
-from model_adapters.router.engine import AllReplicasFailed
-from model_adapters.router.chat import ChatRouter, StreamInterrupted
+from model_adapters.router.chat import ChatRouter
 from tests.upstreams import Upstream, dead_url, fake_vector, registry_with
 
 

@@ -49,7 +49,7 @@ class ChatRouter(BaseChatModel):
     pool: ReplicaPool = Field(exclude=True, repr=False)
     fallbacks: list[str] = Field(default_factory=list)
     overrides: dict[str, Any] = Field(default_factory=dict)
-    resolver: FallbackResolver = Field(exclude=True, repr=False)
+    resolver: Any = Field(exclude=True, repr=False)  # a FallbackResolver (the catalog)
     _models: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
 
     @property

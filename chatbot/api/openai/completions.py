@@ -1,30 +1,23 @@
 """POST /v1/completions, the legacy prompt API (openai 0.28's `Completion.create`).
 
-Local models generate straight from the raw prompt (no chat template); other models get
-the prompt as one user message.
+Served by the one serving path (chatbot.api.openai.serving), through the same chat model
+object as chat completions: a local model (`ChatLocal.astream_prompt`) generates straight
+from the raw prompt (no chat template); other models get the prompt as one user message.
+`CompletionWire` writes OpenAI's text completion objects.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from langchain_core.messages import HumanMessage
-from langchain_core.runnables import Runnable
+from langchain_core.messages import AIMessageChunk, HumanMessage
 
-from chatbot.api.openai.convert import (
-    as_chunk,
-    content_text,
-    finish_reason,
-    raw_finish_reason,
-    stop_list,
-)
 from chatbot.api.errors import bad_request
-from chatbot.api.metrics import RequestTracker
 from chatbot.api.models import check_max_tokens, resolve_chat_model
+from chatbot.api.openai.convert import content_text, finish_reason
 from chatbot.api.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -32,34 +25,9 @@ from chatbot.api.openai.protocol import (
     UsageInfo,
     random_id,
 )
-from chatbot.api.openai.serving import (
-    Deadline,
-    aclose_stream,
-    app_state,
-    default_name,
-    first_output,
-    gather_cancelling,
-    generation_overrides,
-    open_stream,
-    outcome_of,
-)
-from chatbot.api.sse import sse_response
+from chatbot.api.openai.serving import Choice, Deadline, Job, Serving, app_state, serve
 
-router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
-
-
-@dataclass
-class _Piece:
-    text: str = ""
-    raw_finish: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-def _is_local(model: Any) -> bool:
-    from model_adapters.local_chat import ChatLocal
-
-    return isinstance(model, ChatLocal)
+router = APIRouter(tags=["openai"])  # included under /v1 by chatbot.api.openai.routes
 
 
 def _prompts(prompt: Any) -> list[str | list[int]]:
@@ -72,39 +40,50 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     return list(prompt)
 
 
-async def _raw_pieces(model: Any, prompt: str | list[int], stop: list[str] | None) -> Any:
-    """Local model: generate straight from the prompt text, no chat template."""
-    from model_adapters.generation import stream_async
-    from model_adapters.prompting import encode
+class CompletionWire:
+    """OpenAI text completions on the wire (the serving.WireFormat of this route)."""
 
-    tokenizer = model.runtime.tokenizer
-    ids = list(prompt) if isinstance(prompt, list) else encode(tokenizer, prompt)
-    if not ids:
-        raise bad_request("'prompt' must not be empty.", param="prompt")
-    if min(ids) < 0 or max(ids) >= len(tokenizer):
-        raise bad_request(f"'prompt' has token ids outside 0..{len(tokenizer) - 1}.", "prompt")
-    request = model.request_for_prompt(ids, stop)
-    async for delta in stream_async(model.runtime.submit, request):
-        yield _Piece(delta.text, delta.finish_reason, delta.prompt_tokens, delta.completion_tokens)
+    def __init__(self, name: str, echo: dict[int, str]) -> None:
+        self.name = name
+        self.echo = echo
+        self.id = random_id("cmpl")
+        self.created = int(time.time())
 
-
-async def _chat_pieces(runnable: Runnable, prompt: str, stop: list[str] | None) -> Any:
-    """Other models: the prompt is one user message."""
-    async for out in open_stream(runnable, [HumanMessage(content=prompt)], stop, {}):
-        chunk = as_chunk(out)
-        usage = chunk.usage_metadata or {}
-        yield _Piece(
-            content_text(chunk.content),
-            raw_finish_reason(chunk),
-            int(usage.get("input_tokens") or 0),
-            int(usage.get("output_tokens") or 0),
+    def _frame(self, index: int, text: str, finish: str | None = None) -> CompletionResponse:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.name, choices=[choice]
         )
 
+    def opening(self, job: Job) -> list[Any]:
+        return [self._frame(job.index, self.echo[job.index])] if self.echo.get(job.index) else []
 
-def _decode(model: Any, prompt: str | list[int]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return model.runtime.tokenizer.decode(prompt, skip_special_tokens=False)
+    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
+        text = content_text(chunk.content)
+        return [self._frame(job.index, text)] if text else []
+
+    def closing(self, choice: Choice) -> list[Any]:
+        return [self._frame(choice.index, "", finish_reason(choice.raw_finish, legacy=True))]
+
+    def usage(self, usage: UsageInfo) -> list[Any]:
+        return [
+            CompletionResponse(
+                id=self.id, created=self.created, model=self.name, choices=[], usage=usage
+            )
+        ]
+
+    def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
+        out = [
+            CompletionChoice(
+                index=c.index,
+                text=self.echo.get(c.index, "") + c.text,
+                finish_reason=finish_reason(c.raw_finish, legacy=True),
+            )
+            for c in sorted(choices, key=lambda c: c.index)
+        ]
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.name, choices=out, usage=usage
+        )
 
 
 @router.post("/completions", response_model=None)
@@ -118,138 +97,35 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if body.best_of not in (None, 1, n):
         raise bad_request("'best_of' other than n is not supported.", param="best_of")
     prompts = _prompts(body.prompt)
-    name = default_name(body.model)
-    overrides = generation_overrides(body.temperature, body.top_p, body.max_tokens, body.seed)
-    model = await resolve_chat_model(body.model, state.settings, **overrides)
-    check_max_tokens(name, body.max_tokens)
-    local = _is_local(model)
-    if not local and any(not isinstance(p, str) for p in prompts):
-        raise bad_request(f"Model {name!r} takes text prompts, not token ids.", param="prompt")
-    stop = stop_list(body.stop)
-    deadline = Deadline(state.settings.request_timeout)
-    tracker = state.metrics.track(name, "completions")
-
-    def pieces(prompt: str | list[int]) -> AsyncIterator[_Piece]:
-        if local:
-            return _raw_pieces(model, prompt, stop)
-        return _chat_pieces(model, prompt, stop)  # type: ignore[arg-type]
-
-    jobs = [(i * n + j, p) for i, p in enumerate(prompts) for j in range(n)]
-    echo = {index: _decode(model, p) if local else str(p) for index, p in jobs} if body.echo else {}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream_completion(
-            jobs, pieces, echo, name, include_usage, deadline, tracker, n
-        )
-
-    async def collect(prompt: str | list[int]) -> _Piece:
-        stream = pieces(prompt)
-        out = _Piece()
+    name = state.catalog.default_name(body.model)
+    model: Any = await resolve_chat_model(state.catalog, body.model, **body.generation_overrides())
+    check_max_tokens(state.catalog, name, body.max_tokens)
+    stop = body.stop_sequences()
+    raw = getattr(model, "astream_prompt", None)  # a local model: no chat template
+    if raw is not None:
         try:
-            while True:
-                try:
-                    piece = await deadline.next(stream)
-                except StopAsyncIteration:
-                    break
-                if piece.text:
-                    tracker.first_token()
-                out.text += piece.text
-                out.raw_finish = piece.raw_finish or out.raw_finish
-                out.prompt_tokens = max(out.prompt_tokens, piece.prompt_tokens)
-                out.completion_tokens += piece.completion_tokens
-        finally:
-            await aclose_stream(stream)
-        return out
+            inputs: list[Any] = [model.encode_prompt(p) for p in prompts]
+        except ValueError as exc:
+            raise bad_request(str(exc), param="prompt") from None
+        texts = [model.decode_prompt(p) for p in prompts] if body.echo else []
 
-    try:
-        results = await gather_cancelling([collect(p) for _, p in jobs])
-    except BaseException as exc:
-        tracker.finish(outcome_of(exc))
-        raise
-    usage = _completion_usage(results, n)
-    tracker.tokens(usage.prompt_tokens, usage.completion_tokens)
-    tracker.finish("ok")
-    choices = [
-        CompletionChoice(
-            index=index,
-            text=echo.get(index, "") + r.text,
-            finish_reason=finish_reason(r.raw_finish, legacy=True),
-        )
-        for (index, _), r in zip(jobs, results, strict=True)
-    ]
-    return CompletionResponse(
-        id=random_id("cmpl"), created=int(time.time()), model=name, choices=choices, usage=usage
+        def opener(i: int) -> Any:
+            return partial(raw, inputs[i], stop)
+    else:
+        if any(not isinstance(p, str) for p in prompts):
+            raise bad_request(f"Model {name!r} takes text prompts, not token ids.", param="prompt")
+        texts = [str(p) for p in prompts] if body.echo else []
+
+        def opener(i: int) -> Any:
+            return partial(model.astream, [HumanMessage(content=prompts[i])], stop=stop)
+
+    jobs = [Job(index=i * n + j, prompt=i, open=opener(i)) for i in range(len(prompts)) for j in range(n)]
+    echo = {job.index: texts[job.prompt] for job in jobs} if body.echo else {}
+    serving = Serving(
+        name=name,
+        jobs=jobs,
+        deadline=Deadline(state.settings.request_timeout),
+        tracker=state.metrics.track(name, "completions"),
+        include_usage=body.include_usage(),
     )
-
-
-def _completion_usage(pieces: list[_Piece], n: int) -> UsageInfo:
-    # Each prompt counts once; each of its n completions adds up.
-    prompt = sum(p.prompt_tokens for i, p in enumerate(pieces) if i % n == 0)
-    completion = sum(p.completion_tokens for p in pieces)
-    return UsageInfo(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-    )
-
-
-async def _stream_completion(
-    jobs: list[tuple[int, str | list[int]]],
-    pieces: Any,
-    echo: dict[int, str],
-    name: str,
-    include_usage: bool,
-    deadline: Deadline,
-    tracker: RequestTracker,
-    n: int,
-) -> Any:
-    first_stream = pieces(jobs[0][1])
-    first: Any = await first_output(first_stream, deadline, tracker)
-    response_id = random_id("cmpl")
-    created = int(time.time())
-
-    def frame(index: int, text: str, finish: str | None = None) -> CompletionResponse:
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
-        return CompletionResponse(id=response_id, created=created, model=name, choices=[choice])
-
-    async def payloads() -> AsyncIterator[Any]:
-        totals: list[_Piece] = []
-        outcome = "error"
-        try:
-            for position, (index, prompt) in enumerate(jobs):
-                stream = first_stream if position == 0 else pieces(prompt)
-                pending = [first] if position == 0 and first is not None else []
-                total = _Piece()
-                if echo.get(index):
-                    yield frame(index, echo[index])
-                try:
-                    while True:
-                        if pending:
-                            piece = pending.pop()
-                        else:
-                            try:
-                                piece = await deadline.next(stream)
-                            except StopAsyncIteration:
-                                break
-                        total.raw_finish = piece.raw_finish or total.raw_finish
-                        total.prompt_tokens = max(total.prompt_tokens, piece.prompt_tokens)
-                        total.completion_tokens += piece.completion_tokens
-                        if piece.text:
-                            tracker.first_token()
-                            yield frame(index, piece.text)
-                finally:
-                    await aclose_stream(stream)
-                totals.append(total)
-                yield frame(index, "", finish_reason(total.raw_finish, legacy=True))
-            usage = _completion_usage(totals, n)
-            tracker.tokens(usage.prompt_tokens, usage.completion_tokens)
-            if include_usage:
-                yield CompletionResponse(
-                    id=response_id, created=created, model=name, choices=[], usage=usage
-                )
-            outcome = "ok"
-        except BaseException as exc:
-            outcome = outcome_of(exc)
-            raise
-        finally:
-            tracker.finish(outcome)
-
-    return sse_response(payloads(), close=[first_stream])
+    return await serve(serving, CompletionWire(name, echo), bool(body.stream))
