@@ -98,7 +98,7 @@ def test_layers_contract() -> None:
     [
         ("chatbot", ["chatbot.factory", "chatbot.catalog", "langchain_core", "torch"]),
         ("chatbot.api", ["chatbot.api.app", "fastapi"]),
-        ("chatbot.api.openai.convert", ["chatbot.api.app", "chatbot.catalog", "fastapi"]),
+        ("chatbot.api.openai.convert", ["chatbot.api.app", "chatbot.catalog", "torch"]),
         ("chatbot.errors", ["pydantic", "langchain_core"]),
     ],
 )
