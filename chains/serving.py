@@ -112,15 +112,24 @@ class RagChatModel(BaseChatModel):
             yield self._wrap(chunk, pending)  # type: ignore[arg-type]
             pending = None
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         from langchain_core.language_models.chat_models import generate_from_stream
 
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         from langchain_core.language_models.chat_models import agenerate_from_stream
 
         return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
@@ -179,8 +188,9 @@ def rag_runnable(catalog: ModelCatalog) -> Runnable:
         req = _request(RagRequest, value)
         return build_rag_chain(model=_model(catalog, req.model), store=req.kb, k=req.k)
 
-    return RunnableLambda(build, name="rag").with_types(input_type=RagRequest,
-                                                        output_type=RagOutput)
+    return RunnableLambda(build, name="rag").with_types(
+        input_type=RagRequest, output_type=RagOutput
+    )
 
 
 def conversation_runnable(catalog: ModelCatalog) -> Runnable:
@@ -199,8 +209,9 @@ def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
         req = _request(AgentRequest, value)
         return agent_runnable(build_agent(_model(catalog, req.model), kb=req.kb))
 
-    return RunnableLambda(build, name="agent").with_types(input_type=AgentRequest,
-                                                          output_type=AgentOutput)
+    return RunnableLambda(build, name="agent").with_types(
+        input_type=AgentRequest, output_type=AgentOutput
+    )
 
 
 def chain_runnables(catalog: ModelCatalog) -> dict[str, Runnable]:

@@ -45,7 +45,10 @@ class ModelCatalog:
         self._loading: dict[str, threading.Lock] = {}
         self.picked: dict[str, Picked] = {}
         self.pool = ModelPool(
-            settings=lambda: self.settings, lock=self._lock, evict=self._evicted, reload=self.runtime
+            settings=lambda: self.settings,
+            lock=self._lock,
+            evict=self._evicted,
+            reload=self.runtime,
         )
 
     @property

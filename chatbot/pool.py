@@ -164,7 +164,9 @@ class ModelPool:
             if not self._cond.wait_for(lambda: runtime.in_flight == 0, timeout=limit):
                 log.warning(
                     "model %s: closing with %d requests still in flight after %.0f s",
-                    runtime.name, runtime.in_flight, limit,
+                    runtime.name,
+                    runtime.in_flight,
+                    limit,
                 )
 
     # --- hooks called by chatbot.catalog ---------------------------------------------
@@ -268,7 +270,10 @@ class ModelPool:
                 elif not others:
                     log.warning(
                         "model %s (%d bytes) exceeds the %s budget of %d bytes; loading anyway",
-                        entry.name, need, device, budget,
+                        entry.name,
+                        need,
+                        device,
+                        budget,
                     )
                     return
                 else:

@@ -193,9 +193,7 @@ class Registry:
         return entry
 
     def served(self, kind: Kind | None = None) -> list[ModelEntry]:
-        return [
-            self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind
-        ]
+        return [self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind]
 
 
 # --- loading -------------------------------------------------------------------------
@@ -218,9 +216,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -295,14 +291,14 @@ def _check_entry(entry: ModelEntry, models_root: Path, where: str) -> None:
             field = "provider" if entry.provider else f"engines[{i}]"
             found = exc.args and exc.args[0] != name  # found but unusable: say why
             reason = exc.args[0] if found else f"unknown engine {name!r}"
-            raise RegistryError(
-                f"{where}.{field}: {reason} (known: {known_engines()})"
-            ) from exc
+            raise RegistryError(f"{where}.{field}: {reason} (known: {known_engines()})") from exc
         if entry.kind not in cls.kinds:
             raise RegistryError(f"{where}: engine {name!r} cannot serve {entry.kind} models")
         if entry.replicas and cls.needs_path:
-            raise RegistryError(f"{where}.replicas: engine {name!r} is local; replicas need "
-                                "a remote provider (each replica is a base_url)")
+            raise RegistryError(
+                f"{where}.replicas: engine {name!r} is local; replicas need "
+                "a remote provider (each replica is a base_url)"
+            )
         if cls.needs_path and entry.path is None:
             raise RegistryError(f"{where}.path: engine {name!r} needs a 'path'")
         if not cls.needs_path and entry.model is None and entry.path is None:
@@ -360,8 +356,10 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
         while todo:
             name = todo.pop()
             if name == entry.name:
-                raise RegistryError(f"{source}: models.{entry.name}.fallbacks: fallbacks "
-                                    f"form a cycle back to {entry.name!r}")
+                raise RegistryError(
+                    f"{source}: models.{entry.name}.fallbacks: fallbacks "
+                    f"form a cycle back to {entry.name!r}"
+                )
             if name not in path:
                 path.append(name)
                 todo.extend(entries[name].fallbacks)

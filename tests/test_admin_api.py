@@ -80,7 +80,9 @@ def test_unload_waits_for_a_streaming_request(url) -> None:
         "stream": True,
     }
     lines: list[str] = []
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60
+    ) as r:
         it = r.iter_lines()
         lines.append(next(it))
         result: dict = {}

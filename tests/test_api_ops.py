@@ -259,9 +259,7 @@ def test_request_deadline_ends_a_stream_with_an_error_event(_registry):
         assert wait_until(lambda: stats.cancelled > cancelled, 30)
 
         with HeldSteps(runtime, steps=0):
-            r = httpx.post(
-                f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=60
-            )
+            r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "timeout"
 

@@ -91,7 +91,9 @@ def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
         "tools",
         "tools_not_supported",
     )
-    body = ChatCompletionRequest(model="fake", messages=HELLO, response_format={"type": "json_object"})
+    body = ChatCompletionRequest(
+        model="fake", messages=HELLO, response_format={"type": "json_object"}
+    )
     with pytest.raises(APIError) as info:
         bind_tools(model, body, "fake")
     assert info.value.param == "response_format"

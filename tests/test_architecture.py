@@ -103,12 +103,13 @@ def test_layers_contract() -> None:
     ],
 )
 def test_package_imports_stay_light(module: str, absent: list[str]) -> None:
-    code = (
-        f"import sys, {module}\n"
-        f"print(','.join(m for m in {absent!r} if m in sys.modules))"
-    )
+    code = f"import sys, {module}\nprint(','.join(m for m in {absent!r} if m in sys.modules))"
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -128,7 +128,9 @@ async def test_cancelling_one_does_not_disturb_others(model: Any, runtime: Any) 
     cancelled_before = runtime.stats.cancelled
     others = [asyncio.create_task(run(model, p, max_tokens=40)) for p in PROMPTS[:3]]
 
-    request = model.request_for_prompt(model.prompt_ids([HumanMessage("cancel me")]), max_tokens=500)
+    request = model.request_for_prompt(
+        model.prompt_ids([HumanMessage("cancel me")]), max_tokens=500
+    )
     got, final = 0, None
     async for delta in stream_async(runtime.submit, request):
         got += 1
@@ -215,7 +217,9 @@ async def test_logits_mask_applies_to_its_row_only(
     expected = await alone(model, PROMPTS[:2], max_tokens=30)
     target = "paris weather is sunny"
     tokens = runtime.tokenizer.encode(target, add_special_tokens=False)
-    request = model.request_for_prompt(model.prompt_ids([HumanMessage("json please")]), max_tokens=30)
+    request = model.request_for_prompt(
+        model.prompt_ids([HumanMessage("json please")]), max_tokens=30
+    )
     request.constraint = Constraint(kind="test", spec=tokens)
 
     async def constrained() -> tuple[str, str | None]:

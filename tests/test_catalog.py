@@ -73,22 +73,29 @@ def test_n_choices_run_concurrently_streamed_or_not(_registry) -> None:
     from tests.server_utils import start_server
 
     runtime = factory.get_engine("tiny").runtime
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 4, "n": 3, "temperature": 0}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "n": 3,
+        "temperature": 0,
+    }
     app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
     texts = {}
     with start_server(app) as url:
         for stream in (False, True):
             with StepGate(runtime, rows=3, hold=False) as gate:
-                r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": stream},
-                               timeout=120)
+                r = httpx.post(
+                    f"{url}/v1/chat/completions", json={**body, "stream": stream}, timeout=120
+                )
             assert r.status_code == 200 and gate.full.is_set()
             if stream:
                 parts: dict[int, str] = {}
                 for block in r.text.strip().split("\n\n")[:-1]:
                     for choice in json.loads(block.removeprefix("data: "))["choices"]:
                         parts[choice["index"]] = parts.get(choice["index"], "") + (
-                            choice["delta"].get("content") or "")
+                            choice["delta"].get("content") or ""
+                        )
                 texts[stream] = parts
             else:
                 texts[stream] = {c["index"]: c["message"]["content"] for c in r.json()["choices"]}

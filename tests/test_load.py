@@ -66,7 +66,7 @@ def check_stream(text: str) -> None:
     finish = None
     for block in events[:-1]:
         assert block.startswith("data: "), block
-        chunk = json.loads(block[len("data: "):])
+        chunk = json.loads(block[len("data: ") :])
         assert "error" not in chunk, chunk
         validate(chunk, "CreateChatCompletionStreamResponse")
         for choice in chunk["choices"]:
@@ -74,15 +74,21 @@ def check_stream(text: str) -> None:
     assert finish in ("stop", "length"), text[-300:]
 
 
-async def client(http: httpx.AsyncClient, i: int, leave: bool, rng: random.Random,
-                 result: Round) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": f"client {i} says hi"}],
-            "max_tokens": LEAVE_TOKENS if leave else STAY_TOKENS, "stream": True}
+async def client(
+    http: httpx.AsyncClient, i: int, leave: bool, rng: random.Random, result: Round
+) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"client {i} says hi"}],
+        "max_tokens": LEAVE_TOKENS if leave else STAY_TOKENS,
+        "stream": True,
+    }
     result.sent += 1
     if leave and rng.random() < 0.25:  # hang up before the answer starts (while queued)
         try:
-            await asyncio.wait_for(http.post("/v1/chat/completions", json=body),
-                                   rng.uniform(0.01, 0.5))
+            await asyncio.wait_for(
+                http.post("/v1/chat/completions", json=body), rng.uniform(0.01, 0.5)
+            )
         except asyncio.TimeoutError:
             result.disconnects += 1
             return
@@ -116,8 +122,7 @@ async def one_round(url: str, seed: int) -> Round:
     result = Round()
     limits = httpx.Limits(max_connections=CLIENTS + 8, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as http:
-        await asyncio.gather(*(client(http, i, i in leavers, rng, result)
-                               for i in range(CLIENTS)))
+        await asyncio.gather(*(client(http, i, i in leavers, rng, result) for i in range(CLIENTS)))
     return result
 
 
@@ -135,16 +140,25 @@ def settle(stats, probe: LoopProbe, timeout: float = 60.0) -> None:
 
 def snapshot(probe: LoopProbe) -> dict[str, int]:
     gc.collect()
-    return {"rss": psutil.Process().memory_info().rss, "threads": threading.active_count(),
-            "tasks": probe.tasks()}
+    return {
+        "rss": psutil.Process().memory_info().rss,
+        "threads": threading.active_count(),
+        "tasks": probe.tasks(),
+    }
 
 
 def test_256_streams_with_disconnects(_registry, capsys):
     probe = LoopProbe(create_app(Settings(api_keys=[]), show_progress=False))
     with start_server(probe, wait_ready=True) as url:
-        httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-            "model": "tiny", "messages": [{"role": "user", "content": "warm up"}],
-            "max_tokens": 2})
+        httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "warm up"}],
+                "max_tokens": 2,
+            },
+        )
         stats = factory.get_engine("tiny").runtime.stats
         rounds, snapshots, cancelled, generated, started_gens, after_end = [], [], [], [], [], []
         for seed in (SEED, SEED + 1):
@@ -160,13 +174,15 @@ def test_256_streams_with_disconnects(_registry, capsys):
             started_gens.append(stats.requests - before[2])
             snapshots.append(snapshot(probe))
             with capsys.disabled():
-                print(f"\nload round {seed - SEED + 1}: sent {result.sent}, completed "
-                      f"{result.completed}, disconnects {result.disconnects}, generations "
-                      f"started {started_gens[-1]}, cancelled {cancelled[-1]}, generated "
-                      f"tokens {generated[-1]} ({after_end[-1]} after the last client), 5xx "
-                      f"{result.server_errors}, {time.monotonic() - started:.1f}s, "
-                      f"rss {snapshots[-1]['rss'] / 2**20:.0f} MiB, threads "
-                      f"{snapshots[-1]['threads']}, tasks {snapshots[-1]['tasks']}")
+                print(
+                    f"\nload round {seed - SEED + 1}: sent {result.sent}, completed "
+                    f"{result.completed}, disconnects {result.disconnects}, generations "
+                    f"started {started_gens[-1]}, cancelled {cancelled[-1]}, generated "
+                    f"tokens {generated[-1]} ({after_end[-1]} after the last client), 5xx "
+                    f"{result.server_errors}, {time.monotonic() - started:.1f}s, "
+                    f"rss {snapshots[-1]['rss'] / 2**20:.0f} MiB, threads "
+                    f"{snapshots[-1]['threads']}, tasks {snapshots[-1]['tasks']}"
+                )
         metrics = httpx.get(f"{url}/metrics").text
     leavers = CLIENTS // 3
     rows = zip(rounds, cancelled, generated, started_gens, after_end, strict=True)
@@ -199,8 +215,12 @@ def test_past_max_queue_is_429_with_retry_after_never_a_timeout(_registry):
     held (answered at once, not left waiting); once released, the 4 stream to the end."""
     from model_adapters.generation import GenerationRequest, Sink
 
-    body = {"model": "tiny-batched", "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 16, "stream": True}
+    body = {
+        "model": "tiny-batched",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 16,
+        "stream": True,
+    }
     runtime = factory.get_engine("tiny-batched").runtime
     app = create_app(Settings(api_keys=[]), show_progress=False)
     with start_server(app, wait_ready=True) as url, StepGate(runtime, rows=4) as gate:

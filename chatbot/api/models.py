@@ -58,9 +58,7 @@ async def load_engine(catalog: ModelCatalog, entry: ModelEntry) -> Engine:
     return await asyncio.to_thread(catalog.load, entry)
 
 
-async def resolve_chat_model(
-    catalog: ModelCatalog, name: str | None, **overrides: Any
-) -> Runnable:
+async def resolve_chat_model(catalog: ModelCatalog, name: str | None, **overrides: Any) -> Runnable:
     """The chat model a request named, with per-request generation overrides applied."""
     if name and name.startswith("rag:"):  # a knowledge base: "rag:<kb>" or "rag:<kb>/<model>"
         return await resolve_rag_model(name.removeprefix("rag:"), catalog, **overrides)
@@ -242,9 +240,7 @@ def chat_runnable(catalog: ModelCatalog, name: str) -> Runnable:
         catalog.load(catalog.registry.get(name, "chat"))  # a failure: ModelLoadError
         return catalog.chat_model(name)
 
-    return RunnableLambda(build, name=name).with_types(
-        input_type=ChatInput, output_type=AIMessage
-    )
+    return RunnableLambda(build, name=name).with_types(input_type=ChatInput, output_type=AIMessage)
 
 
 # --- start-up loading --------------------------------------------------------------

@@ -61,7 +61,10 @@ class ChatRouter(BaseChatModel):
         return {"model": self.model, **self.overrides}
 
     def bind_tools(
-        self, tools: Sequence[dict | type | Callable | BaseTool], *, tool_choice: Any = None,
+        self,
+        tools: Sequence[dict | type | Callable | BaseTool],
+        *,
+        tool_choice: Any = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         # OpenAI-format tools are what every inner model (ChatOpenAI, ChatLocal) accepts.
@@ -89,22 +92,31 @@ class ChatRouter(BaseChatModel):
 
     # --- one-shot --------------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         def call(member: Member) -> ChatResult:
             reply = self._replica(member).invoke(messages, stop=stop, **kwargs)
             return self._result(reply, member.label)
 
         def fallback(name: str) -> Callable[[], ChatResult]:
             return lambda: self._result(
-                self._fallback(name).invoke(messages, stop=stop, **kwargs), name)
+                self._fallback(name).invoke(messages, stop=stop, **kwargs), name
+            )
 
         return self.pool.run(call, [(n, fallback(n)) for n in self.fallbacks])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         async def call(member: Member) -> ChatResult:
             reply = await self._replica(member).ainvoke(messages, stop=stop, **kwargs)
             return self._result(reply, member.label)
@@ -113,6 +125,7 @@ class ChatRouter(BaseChatModel):
             async def run() -> ChatResult:
                 reply = await self._fallback(name).ainvoke(messages, stop=stop, **kwargs)
                 return self._result(reply, name)
+
             return run
 
         return await self.pool.arun(call, [(n, fallback(n)) for n in self.fallbacks])
@@ -128,9 +141,13 @@ class ChatRouter(BaseChatModel):
         for name in self.fallbacks:
             yield f"fallback {name!r}", None, self._fallback(name)
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         tried: list[tuple[str, BaseException]] = []
         for label, member, model in self._sources():
             if tried and member is not None:
@@ -152,8 +169,10 @@ class ChatRouter(BaseChatModel):
             except Exception as exc:
                 failure = exc
                 if sent:
-                    raise StreamInterrupted(f"model {self.model!r}: {label} failed after the "
-                                            f"first token ({type(exc).__name__}: {exc})") from exc
+                    raise StreamInterrupted(
+                        f"model {self.model!r}: {label} failed after the "
+                        f"first token ({type(exc).__name__}: {exc})"
+                    ) from exc
                 if member is not None and not is_replica_failure(exc):
                     raise
                 tried.append((label, exc))
@@ -165,9 +184,13 @@ class ChatRouter(BaseChatModel):
             return
         raise AllReplicasFailed(self.model, tried, self.pool.cooling({t for t, _ in tried}))
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         tried: list[tuple[str, BaseException]] = []
         for label, member, model in self._sources():
             if tried and member is not None:
@@ -189,8 +212,10 @@ class ChatRouter(BaseChatModel):
             except Exception as exc:
                 failure = exc
                 if sent:
-                    raise StreamInterrupted(f"model {self.model!r}: {label} failed after the "
-                                            f"first token ({type(exc).__name__}: {exc})") from exc
+                    raise StreamInterrupted(
+                        f"model {self.model!r}: {label} failed after the "
+                        f"first token ({type(exc).__name__}: {exc})"
+                    ) from exc
                 if member is not None and not is_replica_failure(exc):
                     raise
                 tried.append((label, exc))
@@ -206,9 +231,7 @@ class ChatRouter(BaseChatModel):
 class RouterEmbeddings(Embeddings):
     """Embeddings over an entry's replicas, then its fallback embeddings entries."""
 
-    def __init__(
-        self, pool: ReplicaPool, fallbacks: list[str], resolver: FallbackResolver
-    ) -> None:
+    def __init__(self, pool: ReplicaPool, fallbacks: list[str], resolver: FallbackResolver) -> None:
         self.pool = pool
         self.fallbacks = fallbacks
         self.resolver = resolver

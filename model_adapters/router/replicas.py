@@ -54,12 +54,14 @@ class FallbackResolver(Protocol):
 
     def embeddings(self, name: str | None = None) -> Any: ...
 
+
 _LABELS = ["model", "replica"]
 # On prometheus_client's default registry; an app with its own CollectorRegistry adds
 # them with `for c in REPLICA_COUNTERS: registry.register(c)`.
 REQUESTS = Counter("chatbot_replica_requests", "Requests sent to a replica", _LABELS)
-FAILURES = Counter("chatbot_replica_failures", "Replica failures (connect, timeout, 429, 5xx)",
-                   _LABELS)
+FAILURES = Counter(
+    "chatbot_replica_failures", "Replica failures (connect, timeout, 429, 5xx)", _LABELS
+)
 COOLDOWNS = Counter("chatbot_replica_cooldowns", "Times a replica was put in cooldown", _LABELS)
 REPLICA_COUNTERS = (REQUESTS, FAILURES, COOLDOWNS)
 
@@ -153,8 +155,9 @@ class ReplicaPool:
 
     # --- failover for one call (chat or embeddings) ----------------------------------
 
-    def run(self, call: Callable[[Member], T],
-            fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()) -> T:
+    def run(
+        self, call: Callable[[Member], T], fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()
+    ) -> T:
         tried: list[tuple[str, BaseException]] = []
         names: set[str] = set()
         while (member := self.acquire(names, probe=not fallbacks)) is not None:
@@ -182,8 +185,11 @@ class ReplicaPool:
                 tried.append((f"fallback {name!r}", exc))
         raise AllReplicasFailed(self.model, tried, self.cooling(names))
 
-    async def arun(self, call: Callable[[Member], Awaitable[T]],
-                   fallbacks: Sequence[tuple[str, Callable[[], Awaitable[T]]]] = ()) -> T:
+    async def arun(
+        self,
+        call: Callable[[Member], Awaitable[T]],
+        fallbacks: Sequence[tuple[str, Callable[[], Awaitable[T]]]] = (),
+    ) -> T:
         tried: list[tuple[str, BaseException]] = []
         names: set[str] = set()
         while (member := self.acquire(names, probe=not fallbacks)) is not None:
@@ -210,5 +216,3 @@ class ReplicaPool:
             except Exception as exc:
                 tried.append((f"fallback {name!r}", exc))
         raise AllReplicasFailed(self.model, tried, self.cooling(names))
-
-

@@ -119,7 +119,11 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         def opener(i: int) -> Any:
             return partial(model.astream, [HumanMessage(content=prompts[i])], stop=stop)
 
-    jobs = [Job(index=i * n + j, prompt=i, open=opener(i)) for i in range(len(prompts)) for j in range(n)]
+    jobs = [
+        Job(index=i * n + j, prompt=i, open=opener(i))
+        for i in range(len(prompts))
+        for j in range(n)
+    ]
     echo = {job.index: texts[job.prompt] for job in jobs} if body.echo else {}
     serving = Serving(
         name=name,

@@ -159,7 +159,11 @@ class _Tally:
 
     def choice(self, job: Job) -> Choice:
         return Choice(
-            job.index, job.prompt, "".join(self.text), self.raw_finish, self.has_tool_calls,
+            job.index,
+            job.prompt,
+            "".join(self.text),
+            self.raw_finish,
+            self.has_tool_calls,
             self.usage,
         )
 
