@@ -119,8 +119,7 @@ class DeployOptions(BaseModel):
         low = self.min if self.min is not None else min(self.replicas, 1)
         high = self.max if self.max is not None else max(self.replicas, low)
         if not low <= self.replicas <= high:
-            raise ValueError(f"need min <= replicas <= max, got {low} <= {self.replicas} "
-                             f"<= {high}")
+            raise ValueError(f"need min <= replicas <= max, got {low} <= {self.replicas} <= {high}")
         return self
 
     @property

@@ -111,8 +111,14 @@ def test_ray_executor_on_a_local_ray_cluster(models_root) -> None:
 
     context = ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
     os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
-    models = {"gpu-ray": {**BASE, "path": "tiny-qwen2", "engines": ["vllm"],
-                          "options": {**GPU_OPTS, "distributed_executor_backend": "ray"}}}
+    models = {
+        "gpu-ray": {
+            **BASE,
+            "path": "tiny-qwen2",
+            "engines": ["vllm"],
+            "options": {**GPU_OPTS, "distributed_executor_backend": "ray"},
+        }
+    }
     try:
         with extra_models(models, models_root):
             engine = factory.get_engine("gpu-ray")

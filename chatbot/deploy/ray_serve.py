@@ -22,8 +22,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import chatbot
-from chatbot import factory
+from chatbot.catalog import ModelCatalog
 from chatbot.deploy.stats import NAMESPACE, ReplicaCollector, ReplicaStats, hub_actor
 from chatbot.registry import ModelEntry, Registry
 from chatbot.settings import Settings
@@ -60,9 +59,10 @@ class ModelServer:
     def __init__(self, registry: Registry, name: str, settings: Settings) -> None:
         from ray import serve
 
-        chatbot.set_registry(registry)
+        # Each replica owns its catalog: its one model, its pool, no process globals.
+        self.catalog = ModelCatalog(registry, settings)
         self.entry = registry.entries[name]
-        self.engine = factory.get_engine(name, self.entry.kind, settings)
+        self.engine = self.catalog.engine(name, self.entry.kind)
         context = serve.get_replica_context()
         replica = context.replica_id
         self.actor_name = replica.to_full_id_str()
@@ -78,13 +78,13 @@ class ModelServer:
 
         info = {"replica": self.stats.replica, "actor": self.actor_name, "pid": os.getpid()}
         if self.entry.kind == "chat":
-            model = self.engine.chat_model()
+            model = self.catalog.chat_model(self.entry.name)
             info["tools"] = supports_tools(model)
             info["response_format"] = supports_response_format(model)
         return info
 
     async def chat(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
-        model: Any = factory.get_chat_model(self.entry.name, **payload["overrides"])
+        model: Any = self.catalog.chat_model(self.entry.name, **payload["overrides"])
         if payload.get("tools"):
             spec = dict(payload["tools"])
             model = model.bind_tools(spec.pop("tools"), **spec)
@@ -106,10 +106,10 @@ class ModelServer:
             self._report()
 
     async def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await factory.get_embeddings(self.entry.name).aembed_documents(texts)
+        return await self.catalog.embeddings(self.entry.name).aembed_documents(texts)
 
     async def embed_query(self, text: str) -> list[float]:
-        return await factory.get_embeddings(self.entry.name).aembed_query(text)
+        return await self.catalog.embeddings(self.entry.name).aembed_query(text)
 
 
 # --- the ingress ----------------------------------------------------------------------
@@ -138,7 +138,7 @@ class Ingress:
 
         # `models` (the bound model deployments) makes them part of this application.
         app_name = serve.get_replica_context().app_name
-        chatbot.set_registry(remote_registry(registry, app_name))
+        self.catalog = ModelCatalog(remote_registry(registry, app_name), settings)
         self.settings = settings
         self.hub = hub_actor(hub_name(app_name))
         self.snapshot: list[dict[str, Any]] = []
@@ -146,14 +146,14 @@ class Ingress:
     def _retries(self) -> dict[str, int]:
         return {
             name: engine.calls.retries
-            for name, engine in factory.loaded().items()
+            for name, engine in self.catalog.loaded().items()
             if hasattr(engine, "calls")
         }
 
     def __serve_build_asgi_app__(self) -> Any:
         from chatbot.api import create_app
 
-        app = create_app(self.settings, show_progress=False)
+        app = create_app(self.settings, show_progress=False, catalog=self.catalog)
         collector = ReplicaCollector(lambda: self.snapshot, self._retries)
         app.state.chatbot.metrics.registry.register(collector)
 
