@@ -18,7 +18,7 @@ from fastapi import FastAPI
 import chatbot
 from chains.serving import add_chain_routes
 from chatbot import factory
-from chatbot.api import admin, langserve_routes, openai_routes, ops
+from chatbot.api import admin, langserve_routes, openai_routes, ops, ui
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
     app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, registry)
     add_chain_routes(app)  # /chains/{rag,conversation,agent}
+    app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics)
+    ops.install_middleware(app, settings, state.metrics, public_paths=ui.PUBLIC_PATHS)
     return app
