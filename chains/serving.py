@@ -143,13 +143,19 @@ def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
-# An optional string, shown in JSON schema as a plain string: LangServe's playground
-# form cannot render `anyOf: [string, null]` (a blank page: `Unknown type: {"type":"null"}`),
-# and its empty text box means "not given".
+def _blank_default(schema: dict[str, Any]) -> None:
+    if schema.get("default", "") is None:
+        schema["default"] = ""
+
+
+# An optional string, shown in JSON schema as a string defaulting to "": LangServe's
+# playground form cannot render `anyOf: [string, null]` (a blank page: `Unknown type:
+# {"type":"null"}`) and flags a null default as "must be string". Blank means not given.
 OptionalStr = Annotated[
     str | None,
     BeforeValidator(_blank_is_none),
     WithJsonSchema({"type": "string"}),
+    Field(json_schema_extra=_blank_default),
 ]
 
 

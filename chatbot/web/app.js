@@ -32,9 +32,9 @@ async function httpError(response) {
   return new HTTPError(response.status, message);
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, alsoOk = []) {
   const response = await fetch(path, { ...options, headers: headers(options.headers) });
-  if (!response.ok && response.status !== 503) throw await httpError(response);
+  if (!response.ok && !alsoOk.includes(response.status)) throw await httpError(response);
   return response.json();
 }
 
@@ -158,7 +158,7 @@ class MessageView {
 
 async function loadModels() {
   const [models, config, ready] = await Promise.all([
-    api("/v1/models"), api("/ui/api/config"), api("/ready").catch(() => ({})),
+    api("/v1/models"), api("/ui/api/config"), api("/ready", {}, [503]).catch(() => ({})),  // 503: still loading
   ]);
   const select = $("model");
   const previous = select.value;
@@ -270,7 +270,7 @@ async function ask(text) {
   const started = performance.now();
   const usage = { input: 0, output: 0 };
   const steps = [];
-  let answer = "", sources = null, outcome = "ok";
+  let answer = "", sources = null, outcome = "ok", chunks = 0;
   try {
     const response = await fetch(`/chains/${CHAINS[mode]}/stream_events`, {
       method: "POST",
@@ -289,8 +289,8 @@ async function ask(text) {
       const e = JSON.parse(data);
       const root = !e.parent_ids?.length;
       if (e.event === "on_chat_model_stream") {
-        answer += textOf(e.data.chunk?.content);
-        view.setText(answer);
+        const delta = textOf(e.data.chunk?.content);
+        if (delta) { answer += delta; view.node.dataset.chunks = ++chunks; view.setText(answer); }
       } else if (e.event === "on_chat_model_end") {
         const u = e.data.output?.usage_metadata;
         if (u) { usage.input += u.input_tokens || 0; usage.output += u.output_tokens || 0; }
