@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
@@ -181,9 +182,16 @@ class AgentRequest(BaseModel):
 
 def _model(name: str | None) -> BaseChatModel:
     from chatbot import factory
+    from chatbot.api.errors import model_unavailable
     from chatbot.api.models import served_entry
 
-    return factory.get_chat_model(served_entry(name, "chat").name)
+    entry = served_entry(name, "chat")
+    try:
+        return factory.get_chat_model(entry.name)
+    except Exception as exc:  # a 503 naming the model, as on /v1 (not a 400 or 500)
+        logging.getLogger(__name__).error("model %s failed to load: %s", entry.name, exc,
+                                          exc_info=exc)
+        raise model_unavailable(entry.name, f"it failed to load ({exc})") from None
 
 
 def _request(model: type[BaseModel], value: Any) -> Any:

