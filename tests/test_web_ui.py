@@ -21,10 +21,11 @@ import yaml
 from chatbot import factory
 from tests.server_utils import start_server
 
-playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
+if not Path(CHROMIUM).exists() and not os.environ.get("CHATBOT_TEST_BROWSER"):
+    # CI sets CHATBOT_TEST_BROWSER=1 (.ci/run): there a missing browser is a failure.
     pytest.skip("needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -41,9 +41,8 @@ async function api(path, options = {}, alsoOk = []) {
 function describe(error) {
   if (!(error instanceof HTTPError)) return error.message || String(error);
   const why = {
-    400: "Request rejected", 401: "API key needed", 404: "Not found",
-    413: "Too large", 429: "The server is busy (queue full or rate limit): try again shortly",
-    503: "Model unavailable", 504: "Timed out",
+    400: "Rejected", 401: "API key needed", 404: "Not found", 413: "Too large",
+    429: "Busy", 503: "Unavailable", 504: "Timed out",
   }[error.status] || "Server error";
   return `${why} (HTTP ${error.status}): ${error.message}`;
 }
@@ -117,7 +116,7 @@ function renderSources(sources) {
 
 function stepView(step) {
   const args = typeof step.input === "string" ? step.input : JSON.stringify(step.input);
-  const node = el("div", { class: "step" }, "\u{1F527} ", el("span", { class: "tool" }, step.name),
+  const node = el("div", { class: "step" }, "tool ", el("span", { class: "tool" }, step.name),
     " ", el("code", {}, args ?? ""));
   if (step.output !== undefined) node.append(el("div", {}, "\u2192 ", el("code", {}, step.output)));
   return node;
@@ -164,9 +163,10 @@ async function loadModels() {
   const previous = select.value;
   select.replaceChildren();
   for (const card of models.data.filter((m) => m.kind === "chat")) {
-    const caps = (card.capabilities || []).filter((c) => !["chat", "completions", "streaming"].includes(c));
+    const caps = (card.capabilities || []).filter((c) => ["tools", "json_schema", "vision"].includes(c))
+      .map((c) => (c === "json_schema" ? "json" : c));
     const status = ready.models?.[card.id];
-    let label = card.id + (caps.length ? ` \u00B7 ${caps.join(", ")}` : "");
+    let label = card.id + (caps.length ? ` (${caps.join(", ")})` : "");
     if (status === "failed") label += " (failed to load)";
     else if (status === "loading") label += " (loading\u2026)";
     select.append(el("option", { value: card.id, title: (card.capabilities || []).join(", ") }, label));
