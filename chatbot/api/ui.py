@@ -27,10 +27,18 @@ from chatbot.api.errors import APIError
 from chatbot.settings import get_settings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
-          ".svg": "image/svg+xml", ".txt": "text/plain"}
-ASSETS = {f"/ui/{p.relative_to(WEB).as_posix()}": p for p in WEB.rglob("*")
-          if p.is_file() and p.suffix in _TYPES}
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain",
+}
+ASSETS = {
+    f"/ui/{p.relative_to(WEB).as_posix()}": p
+    for p in WEB.rglob("*")
+    if p.is_file() and p.suffix in _TYPES
+}
 PUBLIC_PATHS = frozenset({"/", *ASSETS})
 
 pages = APIRouter(tags=["web page"])
@@ -38,8 +46,9 @@ pages = APIRouter(tags=["web page"])
 
 @pages.get("/", include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(WEB / "index.html", media_type="text/html",
-                        headers={"Cache-Control": "no-cache"})
+    return FileResponse(
+        WEB / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @pages.get("/ui/{path:path}", include_in_schema=False)
@@ -47,8 +56,7 @@ async def asset(path: str) -> FileResponse:
     file = ASSETS.get(f"/ui/{path}")
     if file is None:
         raise APIError(404, f"no such file: /ui/{path}", code="not_found")
-    return FileResponse(file, media_type=_TYPES[file.suffix],
-                        headers={"Cache-Control": "no-cache"})
+    return FileResponse(file, media_type=_TYPES[file.suffix], headers={"Cache-Control": "no-cache"})
 
 
 # --- JSON routes ----------------------------------------------------------------------
@@ -154,7 +162,7 @@ def _undo(paths: list[Path], kept: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
     for prev in kept:
-        os.replace(prev, prev.with_name(prev.name[1:-len(".prev")]))
+        os.replace(prev, prev.with_name(prev.name[1 : -len(".prev")]))
 
 
 @api.post("/kbs/{name}/files")
@@ -186,8 +194,7 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
         loop.call_soon_threadsafe(queue.put_nowait, line)
 
     async def lines() -> AsyncIterator[bytes]:
-        task = asyncio.ensure_future(asyncio.to_thread(kb.ingest, name, paths,
-                                                       progress=progress))
+        task = asyncio.ensure_future(asyncio.to_thread(kb.ingest, name, paths, progress=progress))
         while not (task.done() and queue.empty()):
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
