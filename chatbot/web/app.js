@@ -143,6 +143,12 @@ class MessageView {
       this.scroll();
     });
   }
+  flush() {  // render now (the answer is complete)
+    if (this.pending) cancelAnimationFrame(this.pending);
+    this.pending = null;
+    this.body.innerHTML = markdown(this.text);
+    this.scroll();
+  }
   setSteps(steps) { this.steps.replaceChildren(...steps.map(stepView)); this.scroll(); }
   setSources(sources) {
     this.node.querySelector(".sources")?.remove();
@@ -320,6 +326,7 @@ async function ask(text) {
   } finally {
     state.controller = null;
     setBusy(false);
+    view.flush();
     view.node.classList.remove("streaming");
   }
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
