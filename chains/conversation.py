@@ -97,7 +97,9 @@ def check_session_id(session_id: Any) -> str:
 def get_history(session_id: str, url: str | None = None) -> BaseChatMessageHistory:
     """The persisted history of one session (created on first use)."""
     check_session_id(session_id)
-    return _sql_history_class()(session_id=session_id, connection=_engine(url or history_url()))
+    engine = _engine(url or history_url())
+    with _engines_lock:  # its constructor creates the table if missing: not concurrently
+        return _sql_history_class()(session_id=session_id, connection=engine)
 
 
 class ConversationInput(BaseModel):
@@ -204,7 +206,7 @@ def list_sessions(url: str | None = None, limit: int = 200) -> list[SessionInfo]
 
     from sqlalchemy import text
 
-    _sql_history_class()(session_id="-", connection=_engine(url or history_url()))  # table
+    get_history("-", url)  # creates the table if there is none yet
     query = text(
         "SELECT session_id, COUNT(*) AS n, MAX(id) AS last, "
         "(SELECT message FROM message_store f WHERE f.session_id = m.session_id "

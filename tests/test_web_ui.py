@@ -403,8 +403,8 @@ def test_model_playground_is_the_chat_playground(base_url, tab):
 @pytest.mark.parametrize(
     "chain, fields, shown",
     [
-        ("conversation", {"input": "Hello", "session_id": "playground"}, '"type": "ai"'),
-        ("agent", {"input": "What is 2 + 2?"}, '"steps"'),
+        ("conversation", {"input": "Hello", "session_id": "playground"}, "Intermediate steps"),
+        ("agent", {"input": "What is 2 + 2?"}, "Intermediate steps"),
         ("rag", {"question": "Which planet has a green sky?", "kb": "planets"}, "zorblax.md"),
     ],
 )
@@ -420,10 +420,12 @@ def test_chain_playgrounds_render_and_run(base_url, tab, chain, fields, shown, t
     with page.expect_response(lambda r: r.url.endswith(f"/chains/{chain}/stream_log")) as info:
         page.get_by_role("button", name="Start").click()
     assert info.value.status == 200
-    # The run's output is shown (its JSON), once the stream has finished.
+    # The run's output is shown, then its steps once the stream has finished.
     page.wait_for_function("text => document.body.innerText.includes(text)", arg=shown)
     if chain == "conversation":
         from chains.conversation import get_history
 
+        # Saved once the answer is complete (right after its last chunk is sent).
+        _until(page, lambda: get_history("playground").messages)
         assert [m.type for m in get_history("playground").messages] == ["human", "ai"]
     tab.shot(f"playground-{chain}")
