@@ -247,6 +247,7 @@ def test_knowledge_base_upload_and_answer_with_sources(base_url, tab):
     assert "zorblax.md, lines 1-4" in sources.inner_text()
     assert "The sky on the planet Zorblax is green" in sources.inner_text()
     assert answer.locator(".body").inner_text().strip()
+    page.locator("#conversations li", has_text="What colour is the sky").wait_for()  # stored
     tab.shot("kb-answer")
 
     # The turn is stored with its sources: they are there after a reload.

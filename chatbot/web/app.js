@@ -189,7 +189,8 @@ async function loadKBs() {
   select.replaceChildren(el("option", { value: "" }, data.length ? "(pick one)" : "(none yet)"));
   $("kb-names").replaceChildren();
   for (const kb of data) {
-    select.append(el("option", { value: kb.name }, `${kb.name} (${kb.files} files)`));
+    const files = `${kb.files} file${kb.files === 1 ? "" : "s"}`;
+    select.append(el("option", { value: kb.name }, `${kb.name} (${files})`));
     $("kb-names").append(el("option", { value: kb.name }));
   }
   if (data.some((kb) => kb.name === previous)) select.value = previous;
