@@ -264,7 +264,9 @@ def test_agent_mode_shows_each_tool_call(base_url, tab, monkeypatch):
     monkeypatch.setattr(
         chains.serving,
         "_model",
-        lambda name: ScriptedToolModel(tool_name="calculator", tool_args={"expression": "6*7"}),
+        lambda catalog, name: ScriptedToolModel(
+            tool_name="calculator", tool_args={"expression": "6*7"}
+        ),
     )
     page = open_chat(tab, base_url)
     page.select_option("#mode", "agent")

@@ -17,9 +17,10 @@ from langchain_core.runnables import Runnable
 from pydantic import RootModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.serving import chain_runnables
 from chatbot.api.errors import from_exception, log_error
 from chatbot.api.models import ChatInput, chat_runnable
-from chatbot.registry import Registry
+from chatbot.catalog import ModelCatalog
 
 
 def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: Any) -> None:
@@ -30,14 +31,18 @@ def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: A
     add_routes(app, runnable, path=path, **kwargs)
 
 
-def add_model_routes(app: FastAPI, registry: Registry) -> list[str]:
+def add_model_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
     """`/models/{name}` for each served chat model, with LangServe's chat playground
     (messages in, the streamed message out); returns the paths added."""
     paths = []
-    for entry in registry.served("chat"):
+    for entry in catalog.registry.served("chat"):
         path = f"/models/{entry.name}"
-        add_runnable_routes(app, path, chat_playground_types(chat_runnable(entry.name)),
-                            playground_type="chat")
+        add_runnable_routes(
+            app,
+            path,
+            chat_playground_types(chat_runnable(catalog, entry.name)),
+            playground_type="chat",
+        )
         paths.append(path)
     return paths
 
@@ -72,6 +77,15 @@ def chat_playground_types(runnable: Runnable) -> Runnable:
             return {"anyOf": [message], "$defs": defs, "title": message.get("title", "Output")}
 
     return runnable.with_types(input_type=ChatModelInput, output_type=ChatModelOutput)
+
+
+def add_chain_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
+    """`/chains/{rag,conversation,agent}` (chains.serving); returns the paths added."""
+    paths = []
+    for name, runnable in chain_runnables(catalog).items():
+        add_runnable_routes(app, f"/chains/{name}", runnable)
+        paths.append(f"/chains/{name}")
+    return paths
 
 
 _STREAM_ENDPOINTS = ("/stream", "/stream_log", "/stream_events")

@@ -289,7 +289,9 @@ def install_middleware(
     if settings.rate_limit_rpm or settings.rate_limit_tpm:  # after the key check
         limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
         app.add_middleware(
-            RateLimitMiddleware, limiter=limiter, by_key=bool(keys),
+            RateLimitMiddleware,
+            limiter=limiter,
+            by_key=bool(keys),
             public_paths=PUBLIC_PATHS | frozenset(public_paths),
         )
     app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
@@ -331,5 +333,6 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    data, content_type = request.app.state.chatbot.metrics.render()
+    state = request.app.state.chatbot
+    data, content_type = state.metrics.render(state.catalog)
     return Response(data, media_type=content_type)

@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from langchain_core.messages import messages_from_dict, messages_to_dict
 from pydantic import BaseModel, Field
 
-from chatbot import factory
 from chatbot.api.errors import APIError
 from chatbot.settings import get_settings
 
@@ -65,9 +64,9 @@ api = APIRouter(prefix="/ui/api", tags=["web page"])
 
 
 @api.get("/config")
-async def config() -> dict[str, Any]:
+async def config(request: Request) -> dict[str, Any]:
     """What /v1/models does not say: which chat model is the default."""
-    return {"default_model": factory.get_registry().default_model}
+    return {"default_model": request.app.state.chatbot.catalog.registry.default_model}
 
 
 @api.get("/kbs")
