@@ -124,8 +124,13 @@ class StreamErrorEvents:
         except Exception as exc:
             if held is None:
                 raise
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            api = from_exception(cause)
+            # Starlette re-raises an exception it has a handler for as a bare RuntimeError
+            # ("response already started") from it: then the cause is what happened. A
+            # domain error raised `from` its own cause (ModelLoadError) is mapped as it is.
+            cause, api = exc, from_exception(exc)
+            if api.status == 500 and api.code is None and isinstance(exc.__cause__, Exception):
+                cause = exc.__cause__
+                api = from_exception(cause)
             log_error(cause, api)
             sep = b"\r\n" if b"\r\n" in held["body"] else b"\n"
             data = json.dumps({"status_code": api.status, "message": api.message, **api.body()})
