@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -29,7 +29,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from chains.agent import AgentOutput, agent_runnable, build_agent
 from chains.conversation import build_conversation_chain
@@ -154,28 +154,50 @@ async def resolve_rag_model(
 # --- /chains/{name} ----------------------------------------------------------------
 
 
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _blank_default(schema: dict[str, Any]) -> None:
+    if schema.get("default", "") is None:
+        schema["default"] = ""
+
+
+# An optional string, shown in JSON schema as a string defaulting to "": LangServe's
+# playground form cannot render `anyOf: [string, null]` (a blank page: `Unknown type:
+# {"type":"null"}`) and flags a null default as "must be string". Blank means not given.
+OptionalStr = Annotated[
+    str | None,
+    BeforeValidator(_blank_is_none),
+    WithJsonSchema({"type": "string"}),
+    Field(json_schema_extra=_blank_default),
+]
+
+
 class RagRequest(BaseModel):
     question: str = Field(min_length=1)
     kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
-    model: str | None = Field(None, description="Served chat model (default: the default).")
+    model: OptionalStr = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
 
 class ConversationRequest(BaseModel):
     input: str = Field(min_length=1)
     session_id: str = Field(min_length=1, max_length=256)
-    model: str | None = None
-    system_prompt: str | None = None
+    model: OptionalStr = None
+    system_prompt: OptionalStr = None
 
 
 class AgentRequest(BaseModel):
     input: str = Field(min_length=1)
-    kb: str | None = Field(None, description="Adds a search tool over this knowledge base.")
-    model: str | None = None
+    kb: OptionalStr = Field(None, description="Adds a search tool over this knowledge base.")
+    model: OptionalStr = None
 
 
 def _model(catalog: ModelCatalog, name: str | None) -> BaseChatModel:
-    return catalog.chat_model(catalog.served_entry(name, "chat").name)
+    entry = catalog.served_entry(name, "chat")
+    catalog.load(entry)  # a failure: ModelLoadError, a 503 naming the model (as on /v1)
+    return catalog.chat_model(entry.name)
 
 
 def _request(model: type[BaseModel], value: Any) -> Any:

@@ -12,6 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from chatbot.engines import Engine
+
 
 class RecordingModel(BaseChatModel):
     """Answers 'reply N to: <last user text>' and records every message list it was given."""
@@ -64,6 +66,19 @@ class ScriptedToolModel(BaseChatModel):
             }
             reply = AIMessage("", tool_calls=[call])
         return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+class ScriptedToolEngine(Engine):
+    """A registry engine serving a ScriptedToolModel, so that a server's catalog hands it
+    out like any model: `{"provider": "tests.chains_fakes:ScriptedToolEngine", "model":
+    "scripted", "params": {"tool_name": ..., "tool_args": {...}}}`."""
+
+    name = "scripted-tools"
+    needs_path = False
+
+    def chat_model(self, **overrides: Any) -> BaseChatModel:
+        params = self.entry.params
+        return ScriptedToolModel(tool_name=params["tool_name"], tool_args=params["tool_args"])
 
 
 @pytest.fixture

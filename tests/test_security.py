@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 
-from chatbot.api import create_app, ops
+from chatbot.api import create_app, ops, ui
 from chatbot.settings import Settings
 from tests.server_utils import start_server
 from tests.upstreams import Upstream, registry_with
@@ -87,7 +87,7 @@ def test_every_route_in_the_route_table_needs_a_key(keyed):
     checked = 0
     with httpx.Client(base_url=url, timeout=30) as http:
         for method, path, route in routes:
-            if path in ops.PUBLIC_PATHS:
+            if path in ops.PUBLIC_PATHS or path in ui.PUBLIC_PATHS:  # the page's static files
                 continue
             if isinstance(route, Route):  # the concrete path really is this route's
                 scope = {"type": "http", "path": path, "method": method}

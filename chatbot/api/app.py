@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from chatbot import factory
-from chatbot.api import admin, langserve_routes, ops
+from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -73,6 +73,7 @@ def create_app(
     app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, catalog)
     langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
+    app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics)
+    ops.install_middleware(app, settings, state.metrics, public_paths=ui.PUBLIC_PATHS)
     return app
