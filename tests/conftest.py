@@ -12,6 +12,7 @@ pytest_plugins = ["tests.fixtures_server"]
 
 # On 2 busy cores the tiny model is ~20x faster single-threaded.
 torch.set_num_threads(1)
+os.environ.setdefault("CHATBOT_THREADS", "1")  # engines default to the physical cores
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
