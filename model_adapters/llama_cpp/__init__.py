@@ -23,7 +23,10 @@ together (see model_adapters.llama_cpp.runtime).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +53,30 @@ def gguf_file(path: Path | None) -> Path:
 
 
 def load_tokenizer(gguf: Path, tokenizer: str | None = None) -> Any:
-    """The Hugging Face tokenizer (and chat template) stored in the GGUF, or a given one."""
+    """The Hugging Face tokenizer (and chat template) stored in the GGUF, or a given one.
+
+    Converting it from the GGUF takes ~10-40 s (gguf-py parses the vocab in Python), so
+    the converted tokenizer is kept in ~/.cache/chatbot/gguf-tokenizers, keyed by the
+    file's path, size and mtime.
+    """
     from transformers import AutoTokenizer
 
     if tokenizer:
         return AutoTokenizer.from_pretrained(tokenizer)
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cached = base / "chatbot" / "gguf-tokenizers" / key.hexdigest()[:24]
+    if (cached / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tok.save_pretrained(str(tmp))
+        tmp.replace(cached)  # atomic: a concurrent loader sees all of it or nothing
+    except OSError:  # a read-only home, or another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
 class LlamaCppEngine(LocalEngine):
