@@ -384,4 +384,3 @@ def _quiet_llama_logs() -> None:
     lib_log = logging.getLogger("llama-cpp-python")
     if lib_log.level == logging.NOTSET:
         lib_log.setLevel(logging.ERROR)
-
