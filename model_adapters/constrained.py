@@ -59,11 +59,9 @@ class _Backend:
         for i, tok in enumerate(vocab):
             if tok and i not in special:
                 self.by_bytes.setdefault(tok, i)
-        # Tokens that close a string or an object first: inside a string a "]]]" token is
-        # allowed too, and preferring it by length alone never leaves the string.
         self.closers = sorted(
             (i for i, tok in enumerate(vocab) if tok and i not in special and set(tok) <= _CLOSERS),
-            key=lambda i: (not (set(vocab[i]) & {34, 125}), -len(vocab[i])),
+            key=lambda i: -len(vocab[i]),
         )
         big = 1 << 30
         self.lengths = torch.tensor(
