@@ -124,6 +124,8 @@ def skip_reason(system: str) -> str | None:
     if system in ("llama.cpp-server", "ours/llama-cpp"):
         if importlib.util.find_spec("llama_cpp") is None:
             return "llama-cpp-python not installed"
+        if system == "llama.cpp-server" and importlib.util.find_spec("starlette_context") is None:
+            return "its server needs: pip install 'llama-cpp-python[server]' (starlette-context)"
     if system == "tf-serve" and importlib.util.find_spec("fastapi") is None:
         return "transformers serve needs fastapi"
     return None
