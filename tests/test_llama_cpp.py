@@ -206,3 +206,15 @@ def test_engine_is_found_by_name() -> None:
 
 def test_weights_are_loaded() -> None:
     assert engine().runtime.memory_bytes() > 50_000_000  # Q4_1 135M: ~90 MB
+
+
+def test_pool_counts_it_in_host_memory() -> None:
+    """The catalog's pool budgets a llama-cpp model as CPU memory (no layers offloaded),
+    even on a machine with a GPU, and by its GGUF file's size before loading it."""
+    from chatbot.pool import ModelPool
+    from model_adapters.llama_cpp import LlamaCppEngine
+
+    entry = engine().entry
+    size = entry.resolved_path.stat().st_size
+    assert ModelPool.estimate(entry, LlamaCppEngine) == ("cpu", size)
+    assert engine().runtime.device == "cpu"

@@ -16,8 +16,8 @@ from chatbot.gguf_convert import gguf_to_hf, package_file
 from chatbot.registry import parse_registry
 from chatbot.settings import get_settings
 from model_adapters.cpu import cpu_flags
-from model_adapters.hf_engine import pick_dtype
-from model_adapters.transformers_chat import TransformersEngine
+from model_adapters.transformers.engine import TransformersEngine
+from model_adapters.transformers.runtime import pick_dtype
 
 
 def test_auto_dtype_on_cpu_follows_the_cpu_flags() -> None:

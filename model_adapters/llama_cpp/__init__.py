@@ -34,6 +34,7 @@ from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
 from model_adapters.cpu import serving_threads
 from model_adapters.local_chat import LocalEngine
+from model_adapters.runtime import weights_bytes
 
 INSTALL_HINT = "llama-cpp-python is not installed: pip install '.[llama-cpp]'"
 
@@ -93,6 +94,11 @@ class LlamaCppEngine(LocalEngine):
         except FileNotFoundError as exc:
             return str(exc)
         return None
+
+    @classmethod
+    def estimate_memory(cls, entry: ModelEntry) -> tuple[str, int]:
+        """For the catalog's pool: weights stay in host memory (n_gpu_layers=0)."""
+        return "cpu", weights_bytes(gguf_file(entry.resolved_path))
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from model_adapters.llama_cpp.runtime import LlamaCppRuntime

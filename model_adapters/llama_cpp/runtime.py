@@ -29,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from chatbot.errors import QueueFullError
+from model_adapters.constrained import compile_constraint
 from model_adapters.generation import (
-    ContextLengthError,
     Delta,
     GenerationRequest,
     IncrementalDecoder,
-    QueueFullError,
     Sink,
     StopMatcher,
     sample_next,
 )
-from model_adapters.hf_engine import EngineStats, make_constraint
+from model_adapters.runtime import EngineStats, check_context
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[LlamaCppRuntime] = weakref.WeakSet()
@@ -121,6 +121,7 @@ class LlamaCppRuntime:
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self.threads = threads
+        self.device = "cpu"  # n_gpu_layers=0; the catalog's pool reads it
         self.tokenizer = tokenizer
         self.eos_ids = {i for i in range(self.n_vocab) if ll.llama_vocab_is_eog(vocab, i)}
         # What model_adapters.constrained and ChatLocal read from a model's config.
@@ -150,10 +151,7 @@ class LlamaCppRuntime:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         n = len(request.prompt_ids)
-        if n >= self.context_length:
-            raise ContextLengthError(
-                f"prompt has {n} tokens but the model's context length is {self.context_length}"
-            )
+        check_context(n, self.context_length)
         if n == 0:
             raise ValueError("prompt_ids: at least one token is required")
         with self._cond:
@@ -223,7 +221,10 @@ class LlamaCppRuntime:
             generator = None
             if request.seed is not None:
                 generator = torch.Generator().manual_seed(request.seed)
-            constraint = make_constraint(request.constraint, self.tokenizer, self.model.config)
+            constraint = None
+            if request.constraint is not None:
+                config = self.model.config
+                constraint = compile_constraint(request.constraint, self.tokenizer, config)
         except Exception as exc:  # noqa: BLE001 - e.g. a constraint that does not compile
             sink.put(Delta(error=exc, finish_reason="error"))
             return
