@@ -23,16 +23,18 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import filelock
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, Field
 
-from chains.loaders import LoadError, collect_files, load_and_split
+from chains.loaders import LoadError, SkippedFile, collect_files, iter_chunks
 from chains.stores import is_embedded, open_external_store
 from chatbot.settings import get_settings
 
@@ -43,7 +45,9 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _faiss_cache: dict[tuple[str, int], VectorStore] = {}  # (version dir, id(embeddings))
 
-Progress = Callable[[str, int, int], None]  # (file being processed, done, total)
+Progress = Callable[[str, int, int], None]  # (file being processed, bytes done, total bytes)
+BATCH = 256  # chunks embedded and added at once: memory holds one batch, not a whole file
+LOCK_TIMEOUT = 600.0  # seconds an ingest waits for another process's ingest into the KB
 
 
 class KBError(ValueError):
@@ -91,6 +95,7 @@ class IngestReport(BaseModel):
     added: list[str] = Field(default_factory=list)
     updated: list[str] = Field(default_factory=list)
     unchanged: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)  # file -> why (binary, no text)
     chunks: int = 0  # total chunks in the KB after the ingest
 
 
@@ -110,9 +115,31 @@ def check_name(name: str) -> str:
     return name
 
 
-def _lock(name: str) -> threading.Lock:
+def _thread_lock(name: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(name, threading.Lock())
+
+
+@contextlib.contextmanager
+def _lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Exclusive right to change KB `name`: threads of this process and other processes
+    (two `chatbot kb ingest` at once) take turns; each sees the other's files."""
+    root = kb_root()
+    root.mkdir(parents=True, exist_ok=True)
+    # Outside the KB's own directory: delete_kb renames that away.
+    lock = filelock.FileLock(root / f".{name}.lock", timeout=timeout)
+    with _thread_lock(name):
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise KBError(
+                f"knowledge base {name!r} is being changed by another process (waited "
+                f"{timeout:.0f}s for {lock.lock_file}); try again when it is done"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 def _live_dir(name: str) -> Path | None:
@@ -132,8 +159,13 @@ def list_kbs() -> list[KBInfo]:
         if _NAME.match(child.name) and _live_dir(child.name) is not None:
             m = read_manifest(child.name)
             infos.append(
-                KBInfo(name=child.name, files=len(m.files), chunks=m.chunks,
-                       embeddings=m.embeddings, store=m.store)
+                KBInfo(
+                    name=child.name,
+                    files=len(m.files),
+                    chunks=m.chunks,
+                    embeddings=m.embeddings,
+                    store=m.store,
+                )
             )
     return infos
 
@@ -142,8 +174,10 @@ def read_manifest(name: str) -> Manifest:
     live = _live_dir(check_name(name))
     if live is None:
         known = [info.name for info in list_kbs()]
-        raise UnknownKB(f"unknown knowledge base {name!r} (known: {known or 'none'}); "
-                        f"create it with: chatbot kb ingest {name} PATH...")
+        raise UnknownKB(
+            f"unknown knowledge base {name!r} (known: {known or 'none'}); "
+            f"create it with: chatbot kb ingest {name} PATH..."
+        )
     return Manifest.model_validate_json((live / _MANIFEST).read_text(encoding="utf-8"))
 
 
@@ -158,8 +192,10 @@ def _resolve_embeddings(
     if name is None:
         raise KBError("no embeddings model: add one under 'embeddings:' in the model registry")
     if recorded is not None and name != recorded:
-        raise KBError(f"this knowledge base was built with embeddings {recorded!r}, not "
-                      f"{name!r}; delete it and ingest again to change the embeddings")
+        raise KBError(
+            f"this knowledge base was built with embeddings {recorded!r}, not "
+            f"{name!r}; delete it and ingest again to change the embeddings"
+        )
     return get_embeddings(name), name
 
 
@@ -175,8 +211,10 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
     if manifest.store != "faiss":
         spec = get_settings().vector_store
         if is_embedded(spec):
-            raise KBError(f"knowledge base {name!r} lives in a vector-store server: set "
-                          "CHATBOT_VECTOR_STORE to it")
+            raise KBError(
+                f"knowledge base {name!r} lives in a vector-store server: set "
+                "CHATBOT_VECTOR_STORE to it"
+            )
         return open_external_store(spec, name, emb)
     live = _live_dir(name)
     assert live is not None
@@ -217,9 +255,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _chunk_ids(source: str, digest: str, count: int) -> list[str]:
-    return [hashlib.sha256(f"{source}\0{digest}\0{i}".encode()).hexdigest()[:32]
-            for i in range(count)]
+def _chunk_ids(source: str, digest: str, first: int, count: int) -> list[str]:
+    return [
+        hashlib.sha256(f"{source}\0{digest}\0{i}".encode()).hexdigest()[:32]
+        for i in range(first, first + count)
+    ]
 
 
 def ingest(
@@ -228,10 +268,15 @@ def ingest(
     *,
     embeddings: str | Embeddings | None = None,
     progress: Progress | None = None,
+    strict: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> IngestReport:
     """Add or update files (txt, md, pdf, html, code; directories recursively) in KB `name`.
 
     All or nothing: if any file fails, the KB stays as it was and IngestError names it.
+    Binary files and files without text are skipped (listed in `report.skipped`), or,
+    with `strict`, fail the ingest too. Another ingest into the same KB (any process)
+    is waited for up to `lock_timeout` seconds.
     """
     check_name(name)
     if not paths:
@@ -243,13 +288,16 @@ def ingest(
     if not files:
         raise IngestError(f"no supported files found in: {', '.join(map(str, paths))}")
 
-    with _lock(name):
+    with _lock(name, lock_timeout):
         live = _live_dir(name)
         old = read_manifest(name) if live else None
         emb, emb_name = _resolve_embeddings(embeddings, old.embeddings if old else None)
         embedded = old.store == "faiss" if old else is_embedded(get_settings().vector_store)
-        manifest = (old.model_copy(deep=True) if old else
-                    Manifest(embeddings=emb_name, store="faiss" if embedded else "external"))
+        manifest = (
+            old.model_copy(deep=True)
+            if old
+            else Manifest(embeddings=emb_name, store="faiss" if embedded else "external")
+        )
         if embedded:
             store = _load_faiss(live, emb) if live and manifest.chunks else None
         else:
@@ -258,8 +306,11 @@ def ingest(
         written: list[str] = []  # chunk ids added in this run
         stale: list[str] = []  # ids replaced in an external store, dropped once published
         try:
-            store = _apply(files, manifest, store, emb, embedded, report, written, stale,
-                           progress)
+            run = _Run(manifest, emb, embedded, report, written, stale, strict, progress)
+            store = run.apply(files, store)
+            if not manifest.files:
+                reasons = "; ".join(f"{k}: {v}" for k, v in report.skipped.items())
+                raise IngestError(f"nothing to ingest: {reasons}")
             report.chunks = manifest.chunks
             if report.added or report.updated or live is None:
                 _publish(name, manifest, store if embedded else None)
@@ -273,51 +324,94 @@ def ingest(
         return report
 
 
-def _apply(
-    files: list[Path],
-    manifest: Manifest,
-    store: VectorStore | None,
-    emb: Embeddings,
-    embedded: bool,
-    report: IngestReport,
-    written: list[str],
-    stale: list[str],
-    progress: Progress | None,
-) -> VectorStore | None:
-    """Add new and changed files to `store` (a private FAISS copy, or the external store)
-    and to `manifest`; returns the store (created on the first file of a new KB)."""
-    for done, path in enumerate(files):
-        if progress:
-            progress(str(path), done, len(files))
+class _Run:
+    """One ingest's work: new and changed files go, in batches of chunks, into `store` (a
+    private FAISS copy, or the external store) and into `manifest`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        emb: Embeddings,
+        embedded: bool,
+        report: IngestReport,
+        written: list[str],
+        stale: list[str],
+        strict: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.manifest, self.emb, self.embedded = manifest, emb, embedded
+        self.report, self.written, self.stale = report, written, stale
+        self.strict, self.progress = strict, progress
+        self.done = self.total = 0
+
+    def apply(self, files: list[Path], store: VectorStore | None) -> VectorStore | None:
+        """Returns the store (created on the first batch of a new KB)."""
+        self.total = sum(_size(path) for path in files)
+        for path in files:
+            self._tick(str(path))
+            try:
+                store = self._file(path, store)
+            except SkippedFile as exc:
+                if self.strict:
+                    raise IngestError(str(exc)) from None
+                self.report.skipped[str(path)] = exc.reason
+            except LoadError as exc:
+                raise IngestError(str(exc)) from None
+            self.done += _size(path)
+        self._tick("")
+        return store
+
+    def _tick(self, label: str) -> None:
+        if self.progress:
+            self.progress(label, self.done, self.total)
+
+    def _file(self, path: Path, store: VectorStore | None) -> VectorStore | None:
         key, digest = str(path), _sha256(path)
-        previous = manifest.files.get(key)
+        previous = self.manifest.files.get(key)
         if previous and previous.sha256 == digest:
-            report.unchanged.append(key)
-            continue
-        try:
-            chunks = load_and_split(path)
-        except LoadError as exc:
-            raise IngestError(str(exc)) from None
-        ids = _chunk_ids(key, digest, len(chunks))
-        for chunk in chunks:
-            chunk.metadata["sha256"] = digest
-        if previous and embedded and store is not None:
-            store.delete(previous.ids)  # FAISS: a private copy until published
-        elif previous:
-            stale.extend(previous.ids)
+            self.report.unchanged.append(key)
+            return store
+        ids: list[str] = []
+        batch: list[Document] = []
+        chunks = iter_chunks(path)
+        while True:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                chunk.metadata["sha256"] = digest
+                batch.append(chunk)
+            if batch and (chunk is None or len(batch) >= BATCH):
+                if not ids and previous:  # the file has new content: replace its chunks
+                    if self.embedded and store is not None:
+                        store.delete(previous.ids)  # FAISS: a private copy until published
+                    else:
+                        self.stale.extend(previous.ids)
+                batch_ids = _chunk_ids(key, digest, len(ids), len(batch))
+                store = self._add(store, batch, batch_ids)
+                ids.extend(batch_ids)
+                self.written.extend(batch_ids)
+                batch = []
+                self._tick(key)
+            if chunk is None:
+                break
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.manifest.files[key] = FileEntry(sha256=digest, ids=ids, ingested_at=now)
+        (self.report.updated if previous else self.report.added).append(key)
+        return store
+
+    def _add(self, store: VectorStore | None, batch: list[Document], ids: list[str]) -> Any:
         if store is None:
             from langchain_community.vectorstores import FAISS
 
-            store = FAISS.from_documents(chunks, emb, ids=ids)
-        else:
-            store.add_documents(chunks, ids=ids)
-        written.extend(ids)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest.files[key] = FileEntry(sha256=digest, ids=ids, ingested_at=now)
-        (report.updated if previous else report.added).append(key)
-    if progress:
-        progress("", len(files), len(files))
-    return store
+            return FAISS.from_documents(batch, self.emb, ids=ids)
+        store.add_documents(batch, ids=ids)
+        return store
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _publish(name: str, manifest: Manifest, store: VectorStore | None) -> None:

@@ -25,6 +25,7 @@ from chatbot.engines import Engine
 from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
+from model_adapters.offload import PREPARE
 from model_adapters.prompting import encode, render_chat
 from model_adapters.structured import structured_output_runnable
 from model_adapters.tool_parsers import PARSERS, ParsedOutput, ToolCallParser, get_parser
@@ -199,7 +200,8 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, output = self._prepare(messages, stop, kwargs)
+        # Templates, tokenizing and grammar compilation leave the event loop.
+        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
         async for chunk in self._run_async(request, output, run_manager):
             yield chunk
 
@@ -232,7 +234,7 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request, output = self._prepare(messages, stop, kwargs)
+        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
         chunks = [c async for c in self._run_async(request, output, run_manager)]
         return output.result(chunks)
 

@@ -75,10 +75,14 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
 async def _raw_pieces(model: Any, prompt: str | list[int], stop: list[str] | None) -> Any:
     """Local model: generate straight from the prompt text, no chat template."""
     from model_adapters.generation import stream_async
+    from model_adapters.offload import PREPARE
     from model_adapters.prompting import encode
 
-    tokenizer = model.runtime.tokenizer
-    ids = list(prompt) if isinstance(prompt, list) else encode(tokenizer, prompt)
+    tokenizer, context = model.runtime.tokenizer, model.runtime.context_length
+    # Off the event loop; a prompt too long to fit is refused before tokenizing.
+    ids = list(prompt) if isinstance(prompt, list) else await PREPARE.run(
+        encode, tokenizer, prompt, context
+    )
     if not ids:
         raise bad_request("'prompt' must not be empty.", param="prompt")
     if min(ids) < 0 or max(ids) >= len(tokenizer):
