@@ -19,6 +19,7 @@ import chatbot
 from chains.serving import add_chain_routes
 from chatbot import factory
 from chatbot.api import admin, langserve_routes, openai_routes, ops
+from chatbot.api.drain import ShutdownDrain
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -34,6 +35,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     loader: ModelLoader
+    drain: ShutdownDrain = field(default_factory=ShutdownDrain)  # ends requests at shutdown
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -63,5 +65,5 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
     langserve_routes.add_model_routes(app, registry)
     add_chain_routes(app)  # /chains/{rag,conversation,agent}
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics)
+    ops.install_middleware(app, settings, state.metrics, state.drain)
     return app
