@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -26,7 +26,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from chains.rag import (
     SYSTEM_PROMPT,
@@ -139,9 +139,22 @@ async def resolve_rag_model(spec: str, settings: Any = None, k: int = 4,
 # --- /chains/{name} ----------------------------------------------------------------
 
 
+def _existing_kb(name: str | None) -> str | None:
+    """Checked while LangServe validates the input: a bad or unknown knowledge base is a
+    4xx before a stream starts, not an error inside it."""
+    from chains.kb import read_manifest
+
+    if name is not None:
+        read_manifest(name)  # KBError (a ValueError): invalid name, or no such KB
+    return name
+
+
+KBName = Annotated[str, AfterValidator(_existing_kb)]
+
+
 class RagRequest(BaseModel):
     question: str = Field(min_length=1)
-    kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
+    kb: KBName = Field(description="Knowledge base to answer from (chatbot kb list).")
     model: str | None = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
@@ -155,7 +168,7 @@ class ConversationRequest(BaseModel):
 
 class AgentRequest(BaseModel):
     input: str = Field(min_length=1)
-    kb: str | None = Field(None, description="Adds a search tool over this knowledge base.")
+    kb: KBName | None = Field(None, description="Adds a search tool over this knowledge base.")
     model: str | None = None
 
 
