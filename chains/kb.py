@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ from pydantic import BaseModel, Field
 from chains.loaders import LoadError, SkippedFile, collect_files, iter_chunks
 from chains.stores import is_embedded, open_external_store
 from chatbot.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CURRENT = "CURRENT"
@@ -130,7 +133,11 @@ def _lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     lock = filelock.FileLock(root / f".{name}.lock", timeout=timeout)
     with _thread_lock(name):
         try:
-            lock.acquire()
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                log.warning("knowledge base %r: waiting for another ingest to finish", name)
+                lock.acquire()
         except filelock.Timeout:
             raise KBError(
                 f"knowledge base {name!r} is being changed by another process (waited "

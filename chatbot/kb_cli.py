@@ -40,6 +40,9 @@ def ingest(
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail (change nothing) on binary or empty files.")
     ] = False,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for another ingest into this KB.")
+    ] = 600.0,
 ) -> None:
     """Add or update files: txt, md, pdf, html and source code. Unchanged files are skipped,
     binary and empty ones too (with a warning) unless --strict."""
@@ -62,7 +65,14 @@ def ingest(
             bar.update(task, completed=done, total=total, description=f"{name}: {label}")
 
         try:
-            result = do_ingest(name, paths, embeddings=embeddings, progress=report, strict=strict)
+            result = do_ingest(
+                name,
+                paths,
+                embeddings=embeddings,
+                progress=report,
+                strict=strict,
+                lock_timeout=lock_timeout,
+            )
         except (KBError, ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc).strip("'\""))
             return
