@@ -35,7 +35,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, Field
 
-from chains.loaders import LoadError, SkippedFile, collect_files, iter_chunks
+from chains.loaders import CHUNK_OVERLAP, LoadError, SkippedFile, collect_files, iter_chunks
 from chains.stores import is_embedded, open_external_store
 from chatbot.settings import get_settings
 
@@ -368,9 +368,9 @@ class _Run:
         self._tick("")
         return store
 
-    def _tick(self, label: str) -> None:
+    def _tick(self, label: str, within: int = 0) -> None:
         if self.progress:
-            self.progress(label, self.done, self.total)
+            self.progress(label, min(self.done + within, self.total), self.total)
 
     def _file(self, path: Path, store: VectorStore | None) -> VectorStore | None:
         key, digest = str(path), _sha256(path)
@@ -380,6 +380,7 @@ class _Run:
             return store
         ids: list[str] = []
         batch: list[Document] = []
+        chars = 0  # of text embedded so far: about the bytes done, for the progress bar
         chunks = iter_chunks(path)
         while True:
             chunk = next(chunks, None)
@@ -392,12 +393,13 @@ class _Run:
                         store.delete(previous.ids)  # FAISS: a private copy until published
                     else:
                         self.stale.extend(previous.ids)
+                chars += sum(len(c.page_content) for c in batch) - CHUNK_OVERLAP * len(batch)
                 batch_ids = _chunk_ids(key, digest, len(ids), len(batch))
                 store = self._add(store, batch, batch_ids)
                 ids.extend(batch_ids)
                 self.written.extend(batch_ids)
                 batch = []
-                self._tick(key)
+                self._tick(key, max(chars, 0))
             if chunk is None:
                 break
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
