@@ -19,13 +19,14 @@ import httpx
 import hypothesis
 import hypothesis.errors
 import psutil
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 
 from tests.test_shutdown import serve
 
-EXAMPLES = 3  # per operation and mode
+EXAMPLES = 2  # per operation and mode
 STALL = 1.0  # seconds: counted and reported
 BOUND = 30.0  # seconds: no single request may take longer (a generous bound on busy CI)
 RSS_BOUND = 512 * 2**20  # bytes of growth across the run
@@ -54,6 +55,7 @@ def _problem(status: int, text: str, content_type: str) -> str | None:
     return None
 
 
+@pytest.mark.timeout(1200)  # a server start and ~4 cases per route, on 2 busy cores
 def test_fuzz_every_route_positive_and_negative(registry_file, models_root, tmp_path):
     with serve(registry_file, models_root, grace=5, tmp_path=tmp_path) as (proc, url, log):
         server = psutil.Process(proc.pid)
