@@ -1,10 +1,10 @@
 """`chatbot` command line: serve, models, chat, tiny-model.
 
-    chatbot serve [--config models.yaml] [--host 127.0.0.1] [--port 8888] [--model NAME_OR_PATH ...]
-    chatbot models [--config models.yaml]
-    chatbot chat [NAME] [--system TEXT] [--temperature T] [--max-tokens N]
-    chatbot tiny-model DIR [--arch qwen2|llama]
-    chatbot quantize SRC DST [--bits 4] [--group-size 128] [--calibration FILE]
+chatbot serve [--config models.yaml] [--host 127.0.0.1] [--port 8888] [--model NAME_OR_PATH ...]
+chatbot models [--config models.yaml]
+chatbot chat [NAME] [--system TEXT] [--temperature T] [--max-tokens N]
+chatbot tiny-model DIR [--arch qwen2|llama]
+chatbot quantize SRC DST [--bits 4] [--group-size 128] [--calibration FILE]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     import uvicorn
 
     from chatbot.api.ops import GracefulServer, configure_logging
-    from chatbot.api.streaming import let_streams_finish_on_shutdown
+    from chatbot.api.sse import let_streams_finish_on_shutdown
     from chatbot.settings import get_settings
 
     settings = get_settings()
@@ -306,7 +306,11 @@ def quantize(
     texts = load_calibration(calibration) if calibration else None
     try:
         path = run_with_progress(
-            str(src), str(dst), bits=bits, group_size=group_size, calibration=texts,
+            str(src),
+            str(dst),
+            bits=bits,
+            group_size=group_size,
+            calibration=texts,
             trust_remote_code=trust_remote_code,
         )
     except (RuntimeError, FileNotFoundError, ValueError) as exc:

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from chatbot.engines import engine_class, known_engines
+from chatbot.errors import ModelNotFoundError
 
 Kind = Literal["chat", "embeddings"]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -75,7 +76,7 @@ class Replica(BaseModel):
 
 
 class RouterOptions(BaseModel):
-    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router)."""
+    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router.engine)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,6 +131,13 @@ class ModelEntry(BaseModel):
     def is_local(self) -> bool:
         return self.path is not None
 
+    def generation_defaults(self) -> dict[str, Any]:
+        """The entry's `defaults` as chat-model fields (an empty `stop` left out)."""
+        defaults = self.defaults.model_dump(exclude_none=True)
+        if not defaults.get("stop"):
+            defaults.pop("stop", None)
+        return defaults
+
 
 class RegistryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -162,8 +170,22 @@ class Registry:
         )
         self.serve = serve if serve is not None else list(entries)
 
+    def default_name(self, name: str | None, kind: Kind = "chat") -> str | None:
+        """`name`, or the registry's default model of that kind when none is given."""
+        return name or (self.default_model if kind == "chat" else self.default_embeddings)
+
+    def served_entry(self, name: str | None, kind: Kind | None = "chat") -> ModelEntry:
+        """The served entry of that kind (None: any kind, no default), else
+        ModelNotFoundError (a 404 over HTTP)."""
+        if kind is not None:
+            name = self.default_name(name, kind)
+        entry = self.entries.get(name or "")
+        if entry is None or entry.name not in self.serve or kind not in (None, entry.kind):
+            raise ModelNotFoundError(name, kind or "model")
+        return entry
+
     def get(self, name: str | None, kind: Kind = "chat") -> ModelEntry:
-        name = name or (self.default_model if kind == "chat" else self.default_embeddings)
+        name = self.default_name(name, kind)
         entry = self.entries.get(name or "")
         if entry is None or entry.kind != kind:
             names = sorted(e.name for e in self.entries.values() if e.kind == kind)
@@ -171,9 +193,7 @@ class Registry:
         return entry
 
     def served(self, kind: Kind | None = None) -> list[ModelEntry]:
-        return [
-            self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind
-        ]
+        return [self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind]
 
 
 # --- loading -------------------------------------------------------------------------
@@ -196,9 +216,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -273,14 +291,14 @@ def _check_entry(entry: ModelEntry, models_root: Path, where: str) -> None:
             field = "provider" if entry.provider else f"engines[{i}]"
             found = exc.args and exc.args[0] != name  # found but unusable: say why
             reason = exc.args[0] if found else f"unknown engine {name!r}"
-            raise RegistryError(
-                f"{where}.{field}: {reason} (known: {known_engines()})"
-            ) from exc
+            raise RegistryError(f"{where}.{field}: {reason} (known: {known_engines()})") from exc
         if entry.kind not in cls.kinds:
             raise RegistryError(f"{where}: engine {name!r} cannot serve {entry.kind} models")
         if entry.replicas and cls.needs_path:
-            raise RegistryError(f"{where}.replicas: engine {name!r} is local; replicas need "
-                                "a remote provider (each replica is a base_url)")
+            raise RegistryError(
+                f"{where}.replicas: engine {name!r} is local; replicas need "
+                "a remote provider (each replica is a base_url)"
+            )
         if cls.needs_path and entry.path is None:
             raise RegistryError(f"{where}.path: engine {name!r} needs a 'path'")
         if not cls.needs_path and entry.model is None and entry.path is None:
@@ -338,8 +356,10 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
         while todo:
             name = todo.pop()
             if name == entry.name:
-                raise RegistryError(f"{source}: models.{entry.name}.fallbacks: fallbacks "
-                                    f"form a cycle back to {entry.name!r}")
+                raise RegistryError(
+                    f"{source}: models.{entry.name}.fallbacks: fallbacks "
+                    f"form a cycle back to {entry.name!r}"
+                )
             if name not in path:
                 path.append(name)
                 todo.extend(entries[name].fallbacks)

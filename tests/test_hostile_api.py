@@ -32,6 +32,7 @@ def error_of(response: httpx.Response, status: int) -> dict:
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]
 
+
 HELLO = [{"role": "user", "content": "hi"}]
 JSON = {"content-type": "application/json"}
 
@@ -96,22 +97,24 @@ def _health_while_held(server_url: str, path: str, body: dict, gate: Gate) -> tu
     ["tool_schema", "response_format", "legacy_prompt_5mb"],
 )
 def test_heavy_preparation_leaves_the_event_loop(server_url, monkeypatch, case):
-    from model_adapters import local_chat, prompting
+    from model_adapters import local_chat
 
     if case == "tool_schema":  # rendered into the prompt: far past the context -> 400
         body = {"model": "tiny", "messages": HELLO, "tools": _tool(3000), "max_tokens": 2}
         module, path, ok = local_chat, "/v1/chat/completions", {400}
     elif case == "response_format":  # compiled into a grammar, then generated
-        body = {"model": "tiny", "messages": HELLO, "response_format": _format(500),
-                "max_tokens": 2}
+        body = {
+            "model": "tiny",
+            "messages": HELLO,
+            "response_format": _format(500),
+            "max_tokens": 2,
+        }
         module, path, ok = local_chat, "/v1/chat/completions", {200}
     else:
         body = {"model": "tiny", "prompt": "lorem ipsum " * (5 * 1024 * 1024 // 12)}
-        module, path, ok = prompting, "/v1/completions", {400}
+        module, path, ok = local_chat, "/v1/completions", {400}
     with gated(monkeypatch, module, "encode") as gate:
-        health, latency, still_running, response = _health_while_held(
-            server_url, path, body, gate
-        )
+        health, latency, still_running, response = _health_while_held(server_url, path, body, gate)
     assert health.status_code == 200
     assert still_running
     assert gate.thread.startswith("prepare"), gate.thread  # the bounded worker pool
@@ -134,8 +137,10 @@ def test_oversized_schemas_are_refused_before_any_work(http, field, body):
     stats = factory.get_engine("tiny").runtime.stats
     before = stats.requests
     for stream in (False, True):
-        r = http.post("/v1/chat/completions",
-                      json={"model": "tiny", "messages": HELLO, "stream": stream, **body})
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": HELLO, "stream": stream, **body},
+        )
         error = error_of(r, 400)
         assert error["param"] == field and "5000 properties" in error["message"]
     assert stats.requests == before
@@ -143,16 +148,16 @@ def test_oversized_schemas_are_refused_before_any_work(http, field, body):
 
 
 def test_a_5mb_legacy_prompt_is_refused_before_tokenizing(http, monkeypatch):
-    from model_adapters import prompting
+    from model_adapters import local_chat
 
     calls = []
-    tokenizer_call = prompting.encode
+    tokenizer_call = local_chat.encode
 
     def counting(tokenizer: Any, text: str, context_length: int | None = None) -> list[int]:
         calls.append(context_length)
         return tokenizer_call(tokenizer, text, context_length)
 
-    monkeypatch.setattr(prompting, "encode", counting)
+    monkeypatch.setattr(local_chat, "encode", counting)
     r = http.post("/v1/completions", json={"model": "tiny", "prompt": "x" * (5 * 1024 * 1024)})
     assert error_of(r, 400)["code"] == "context_length_exceeded"
     assert calls and all(c for c in calls)  # the cheap length estimate was applied
@@ -226,8 +231,11 @@ def test_seed_out_of_range_is_400_naming_seed(http, seed):
 
 def test_lone_surrogate_stop_string_is_refused_like_content(http):
     for path, body in (
-        ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", '
-         b'"content": "hi"}], "stop": ["ok", "\\ud800"]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "tiny", "messages": [{"role": "user", '
+            b'"content": "hi"}], "stop": ["ok", "\\ud800"]}',
+        ),
         ("/v1/completions", b'{"model": "tiny", "prompt": "hi", "stop": "\\udfff"}'),
     ):
         error = error_of(http.post(path, content=body, headers=JSON), 400)
@@ -235,12 +243,18 @@ def test_lone_surrogate_stop_string_is_refused_like_content(http):
 
 
 def test_schema_errors_do_not_quote_native_sources(http):
-    bad = {"type": "json_schema",
-           "json_schema": {"name": "x", "schema": {"type": "object",
-                                                   "properties": {"a": {"type": "bogus"}}}}}
+    bad = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "x",
+            "schema": {"type": "object", "properties": {"a": {"type": "bogus"}}},
+        },
+    }
     for stream in (False, True):
-        r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO,
-                                                     "response_format": bad, "stream": stream})
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": HELLO, "response_format": bad, "stream": stream},
+        )
         error = error_of(r, 400)
         assert "bogus" in error["message"]
         assert ".cc:" not in error["message"] and "/project/" not in error["message"], error
@@ -257,8 +271,9 @@ def test_batch_with_a_string_is_422(http):
     r = http.post("/models/tiny/batch", json={"inputs": "hello"})
     assert error_of(r, 422)["param"] == "inputs"
     assert stats.requests == before  # not one request per character
-    ok = http.post("/models/tiny/batch", json={"inputs": ["hi", "yo"],
-                                                "config": {"configurable": {}}})
+    ok = http.post(
+        "/models/tiny/batch", json={"inputs": ["hi", "yo"], "config": {"configurable": {}}}
+    )
     assert ok.status_code == 200 and len(ok.json()["output"]) == 2
 
 
@@ -266,8 +281,9 @@ def test_stream_events_rejects_unknown_versions(http):
     for version in ("v9", "v1", 2):
         r = http.post("/models/tiny/stream_events", json={"input": "hi", "version": version})
         assert error_of(r, 422)["param"] == "version"
-    with http.stream("POST", "/models/tiny/stream_events",
-                     json={"input": "hi", "version": "v2"}) as r:
+    with http.stream(
+        "POST", "/models/tiny/stream_events", json={"input": "hi", "version": "v2"}
+    ) as r:
         assert r.status_code == 200
 
 
@@ -299,7 +315,7 @@ def _counts(text: str) -> dict[tuple[str, str, str], float]:
     out = {}
     for line in text.splitlines():
         if line.startswith("chatbot_http_requests_total{"):
-            labels, value = line[len("chatbot_http_requests_total{"):].rsplit("} ", 1)
+            labels, value = line[len("chatbot_http_requests_total{") :].rsplit("} ", 1)
             parts = dict(p.split("=", 1) for p in labels.split(","))
             key = tuple(parts[k].strip('"') for k in ("method", "route", "status"))
             out[key] = float(value)

@@ -19,13 +19,22 @@ from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 
 # Not UTF-8: each in a legacy encoding charset-normalizer tells apart.
 LEGACY = {
-    "russian.txt": ("Москва - столица России, крупнейший по численности населения город "
-                    "страны. Город расположен на реке Москве.\n", "cp1251"),
-    "japanese.md": ("東京は日本の首都であり、世界最大級の都市圏を形成している。"
-                    "多くの企業や大学が集まっている。\n", "shift_jis"),
-    "german.txt": ("Der Kölner Dom ist eine römisch-katholische Kirche in Köln. Er ist eines "
-                   "der größten Bauwerke gotischer Architektur und gehört zum Weltkulturerbe. "
-                   "Über sechs Millionen Besucher kommen jährlich.\n", "cp1252"),
+    "russian.txt": (
+        "Москва - столица России, крупнейший по численности населения город "
+        "страны. Город расположен на реке Москве.\n",
+        "cp1251",
+    ),
+    "japanese.md": (
+        "東京は日本の首都であり、世界最大級の都市圏を形成している。"
+        "多くの企業や大学が集まっている。\n",
+        "shift_jis",
+    ),
+    "german.txt": (
+        "Der Kölner Dom ist eine römisch-katholische Kirche in Köln. Er ist eines "
+        "der größten Bauwerke gotischer Architektur und gehört zum Weltkulturerbe. "
+        "Über sechs Millionen Besucher kommen jährlich.\n",
+        "cp1252",
+    ),
 }
 
 
@@ -34,9 +43,20 @@ class _Ingest:
 
     def __init__(self, name: str, path: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatbot.cli", "kb", "ingest", name, str(path),
-             "--embeddings", "minilm"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "chatbot.cli",
+                "kb",
+                "ingest",
+                name,
+                str(path),
+                "--embeddings",
+                "minilm",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         self.lines: list[str] = []
@@ -84,8 +104,8 @@ def test_a_locked_kb_fails_clearly_after_the_timeout(data_dir, tmp_path):  # noq
         with pytest.raises(kb.KBError, match="being changed by another process"):
             kb.ingest("busy", [doc], embeddings="minilm", lock_timeout=0.2)
         result = CliRunner().invoke(
-            app, ["kb", "ingest", "busy", str(doc), "--embeddings", "minilm",
-                  "--lock-timeout", "0.2"]
+            app,
+            ["kb", "ingest", "busy", str(doc), "--embeddings", "minilm", "--lock-timeout", "0.2"],
         )
     assert result.exit_code == 1 and "another process" in result.output, result.output
     assert kb.list_kbs() == []
@@ -113,8 +133,9 @@ def test_encodings_binaries_and_empty_files(data_dir, tmp_path):  # noqa: F811
     assert set(skipped) == {"empty.txt", "blank.md", "blob.py", "image.txt"}
     assert "binary" in skipped["blob.py"] and "binary" in skipped["image.txt"]
     assert "no text" in skipped["empty.txt"] and "no text" in skipped["blank.md"]
-    texts = {Path(d.metadata["source"]).name: d.page_content
-             for d in kb.search("mixed", "city", k=10)}
+    texts = {
+        Path(d.metadata["source"]).name: d.page_content for d in kb.search("mixed", "city", k=10)
+    }
     for name, (text, _) in LEGACY.items():
         assert texts[name] == text.strip(), (name, texts[name])
     assert "Der Dom steht in Köln." in texts["utf16.md"]
@@ -129,8 +150,9 @@ def test_strict_keeps_all_or_nothing(data_dir, tmp_path):  # noqa: F811
         app, ["kb", "ingest", "strict", str(root), "--embeddings", "minilm", "--strict"]
     )
     assert result.exit_code == 1 and "error:" in result.output
-    result = CliRunner().invoke(app, ["kb", "ingest", "lenient", str(root),
-                                      "--embeddings", "minilm"])
+    result = CliRunner().invoke(
+        app, ["kb", "ingest", "lenient", str(root), "--embeddings", "minilm"]
+    )
     assert result.exit_code == 0, result.output
     assert "5 added" in result.output and "4 skipped" in result.output
     assert "warning: skipped" in result.output and "blob.py" in result.output

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from model_adapters.vllm_engine import vllm_build
+from model_adapters.vllm.engine import vllm_build
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device: GPU-only vLLM tests did not run", allow_module_level=True)
 if vllm_build() != "cuda":
-    pytest.skip("the CUDA vllm package is not installed (pip install '.[vllm]')",
-                allow_module_level=True)
+    pytest.skip(
+        "the CUDA vllm package is not installed (pip install '.[vllm]')", allow_module_level=True
+    )
 
 from chatbot import factory  # noqa: E402
 from chatbot.quantize import quantize  # noqa: E402
@@ -26,8 +27,12 @@ GPU_OPTS = {"max_model_len": 512, "gpu_memory_utilization": 0.2, "enforce_eager"
 @pytest.fixture(scope="module")
 def gpu_models(_registry, models_root):
     models = {
-        "gpu-vllm": {**BASE, "path": "tiny-qwen2", "engines": ["vllm", "transformers"],
-                     "options": GPU_OPTS},
+        "gpu-vllm": {
+            **BASE,
+            "path": "tiny-qwen2",
+            "engines": ["vllm", "transformers"],
+            "options": GPU_OPTS,
+        },
     }
     with extra_models(models, models_root) as registry:
         yield registry
@@ -49,8 +54,14 @@ def test_vllm_is_picked_on_cuda_and_options_pass_through(gpu_models) -> None:
 def test_gptq_int4_through_vllm(models_root) -> None:
     pytest.importorskip("gptqmodel", reason="gptqmodel not installed (pip install '.[gptq]')")
     quantize(models_root / "tiny-llama", models_root / "tiny-gptq-gpu", bits=4, group_size=128)
-    models = {"gpu-gptq": {**BASE, "path": "tiny-gptq-gpu", "engines": ["vllm"],
-                           "options": {**GPU_OPTS, "quantization": "gptq", "dtype": "float16"}}}
+    models = {
+        "gpu-gptq": {
+            **BASE,
+            "path": "tiny-gptq-gpu",
+            "engines": ["vllm"],
+            "options": {**GPU_OPTS, "quantization": "gptq", "dtype": "float16"},
+        }
+    }
     with extra_models(models, models_root):
         engine = factory.get_engine("gpu-gptq")
         assert "gptq" in str(engine.runtime.engine.vllm_config.model_config.quantization)
@@ -62,8 +73,14 @@ def test_gptq_int4_through_transformers_on_cuda(models_root) -> None:
     path = models_root / "tiny-gptq-gpu"
     if not path.exists():
         quantize(models_root / "tiny-llama", path, bits=4, group_size=128)
-    models = {"gpu-gptq-hf": {**BASE, "path": "tiny-gptq-gpu", "engines": ["transformers"],
-                              "options": {"device": "cuda"}}}
+    models = {
+        "gpu-gptq-hf": {
+            **BASE,
+            "path": "tiny-gptq-gpu",
+            "engines": ["transformers"],
+            "options": {"device": "cuda"},
+        }
+    }
     with extra_models(models, models_root):
         engine = factory.get_engine("gpu-gptq-hf")
         assert next(engine.runtime.model.parameters()).device.type == "cuda"
@@ -72,8 +89,14 @@ def test_gptq_int4_through_transformers_on_cuda(models_root) -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2+ GPUs")
 def test_tensor_parallel(models_root) -> None:
-    models = {"gpu-tp": {**BASE, "path": "tiny-qwen2", "engines": ["vllm"],
-                         "options": {**GPU_OPTS, "tensor_parallel_size": 2}}}
+    models = {
+        "gpu-tp": {
+            **BASE,
+            "path": "tiny-qwen2",
+            "engines": ["vllm"],
+            "options": {**GPU_OPTS, "tensor_parallel_size": 2},
+        }
+    }
     with extra_models(models, models_root):
         engine = factory.get_engine("gpu-tp")
         assert engine.runtime.engine.vllm_config.parallel_config.tensor_parallel_size == 2
