@@ -71,7 +71,8 @@ def main() -> None:
         (root / "models.yaml").write_text(REGISTRY)
         os.environ["CHATBOT_CONFIG"] = str(root / "models.yaml")
         os.environ["CHATBOT_DATA_DIR"] = str(root / "data")
-        from chains import kb, loaders
+        from chains import loaders
+        from chains.ingest import ingest
         from chatbot.factory import get_embeddings
 
         doc = root / "big.txt"
@@ -99,7 +100,7 @@ def main() -> None:
                 print(f"  {done / 2**20:7.1f} / {total / 2**20:.1f} MB", flush=True)
 
         started = time.perf_counter()
-        report = kb.ingest("bench", [doc], embeddings="minilm", progress=progress)
+        report = ingest("bench", [doc], embeddings="minilm", progress=progress)
         wall = time.perf_counter() - started
         rate = report.chunks / wall
 

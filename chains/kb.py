@@ -1,4 +1,4 @@
-"""Knowledge bases: ingest files into a vector store, list them, delete them.
+"""Knowledge bases: layout, manifests, listing, search, delete (ingest: chains.ingest).
 
 Layout for the default embedded store (FAISS), under `settings.data_dir/kb/NAME/`:
 
@@ -17,17 +17,14 @@ the server and only the manifest is kept here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import filelock
 from langchain_core.documents import Document
@@ -35,21 +32,18 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, Field
 
-from chains.loaders import CHUNK_OVERLAP, LoadError, SkippedFile, collect_files, iter_chunks
 from chains.stores import is_embedded, open_external_store
 from chatbot.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_CURRENT = "CURRENT"
-_MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _faiss_cache: dict[tuple[str, int], VectorStore] = {}  # (version dir, id(embeddings))
 
-Progress = Callable[[str, int, int], None]  # (file being processed, bytes done, total bytes)
-BATCH = 256  # chunks embedded and added at once: memory holds one batch, not a whole file
 LOCK_TIMEOUT = 600.0  # seconds an ingest waits for another process's ingest into the KB
 
 
@@ -93,15 +87,6 @@ class KBInfo(BaseModel):
     store: str
 
 
-class IngestReport(BaseModel):
-    kb: str
-    added: list[str] = Field(default_factory=list)
-    updated: list[str] = Field(default_factory=list)
-    unchanged: list[str] = Field(default_factory=list)
-    skipped: dict[str, str] = Field(default_factory=dict)  # file -> why (binary, no text)
-    chunks: int = 0  # total chunks in the KB after the ingest
-
-
 # --- paths and manifests -----------------------------------------------------------
 
 
@@ -124,7 +109,7 @@ def _thread_lock(name: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def _lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+def kb_lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Exclusive right to change KB `name`: threads of this process and other processes
     (two `chatbot kb ingest` at once) take turns; each sees the other's files."""
     root = kb_root()
@@ -149,8 +134,8 @@ def _lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
             lock.release()
 
 
-def _live_dir(name: str) -> Path | None:
-    pointer = kb_root() / name / _CURRENT
+def live_dir(name: str) -> Path | None:
+    pointer = kb_root() / name / CURRENT
     try:
         version = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -163,7 +148,7 @@ def list_kbs() -> list[KBInfo]:
     root = kb_root()
     infos = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if _NAME.match(child.name) and _live_dir(child.name) is not None:
+        if _NAME.match(child.name) and live_dir(child.name) is not None:
             m = read_manifest(child.name)
             infos.append(
                 KBInfo(
@@ -178,17 +163,17 @@ def list_kbs() -> list[KBInfo]:
 
 
 def read_manifest(name: str) -> Manifest:
-    live = _live_dir(check_name(name))
+    live = live_dir(check_name(name))
     if live is None:
         known = [info.name for info in list_kbs()]
         raise UnknownKB(
             f"unknown knowledge base {name!r} (known: {known or 'none'}); "
             f"create it with: chatbot kb ingest {name} PATH..."
         )
-    return Manifest.model_validate_json((live / _MANIFEST).read_text(encoding="utf-8"))
+    return Manifest.model_validate_json((live / MANIFEST).read_text(encoding="utf-8"))
 
 
-def _resolve_embeddings(
+def resolve_embeddings(
     given: str | Embeddings | None, recorded: str | None
 ) -> tuple[Embeddings, str]:
     from chatbot.factory import get_embeddings, get_registry
@@ -214,7 +199,7 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
     manifest = read_manifest(name)
     if manifest.chunks == 0:
         raise EmptyKB(f"knowledge base {name!r} is empty: ingest some files first")
-    emb, _ = _resolve_embeddings(embeddings, manifest.embeddings)
+    emb, _ = resolve_embeddings(embeddings, manifest.embeddings)
     if manifest.store != "faiss":
         spec = get_settings().vector_store
         if is_embedded(spec):
@@ -223,13 +208,13 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
                 "CHATBOT_VECTOR_STORE to it"
             )
         return open_external_store(spec, name, emb)
-    live = _live_dir(name)
+    live = live_dir(name)
     assert live is not None
     key = (str(live), id(emb))  # a version directory never changes once published
     with _locks_guard:
         store = _faiss_cache.get(key)
     if store is None:
-        store = _load_faiss(live, emb)
+        store = load_faiss(live, emb)
         with _locks_guard:
             while len(_faiss_cache) >= 16:
                 _faiss_cache.pop(next(iter(_faiss_cache)))
@@ -237,7 +222,7 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
     return store
 
 
-def _load_faiss(folder: Path, emb: Embeddings) -> VectorStore:
+def load_faiss(folder: Path, emb: Embeddings) -> VectorStore:
     from langchain_community.vectorstores import FAISS
 
     # The pickle is the docstore we wrote ourselves under data_dir, not user input.
@@ -248,213 +233,12 @@ def search(name: str, query: str, k: int = 4) -> list[Document]:
     return open_store(name).similarity_search(query, k=k)
 
 
-# --- writing -------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise IngestError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
-
-
-def _chunk_ids(source: str, digest: str, first: int, count: int) -> list[str]:
-    return [
-        hashlib.sha256(f"{source}\0{digest}\0{i}".encode()).hexdigest()[:32]
-        for i in range(first, first + count)
-    ]
-
-
-def ingest(
-    name: str,
-    paths: Sequence[str | Path],
-    *,
-    embeddings: str | Embeddings | None = None,
-    progress: Progress | None = None,
-    strict: bool = False,
-    lock_timeout: float = LOCK_TIMEOUT,
-) -> IngestReport:
-    """Add or update files (txt, md, pdf, html, code; directories recursively) in KB `name`.
-
-    All or nothing: if any file fails, the KB stays as it was and IngestError names it.
-    Binary files and files without text are skipped (listed in `report.skipped`), or,
-    with `strict`, fail the ingest too. Another ingest into the same KB (any process)
-    is waited for up to `lock_timeout` seconds.
-    """
-    check_name(name)
-    if not paths:
-        raise IngestError("no files given to ingest")
-    try:
-        files = collect_files(list(paths))
-    except LoadError as exc:
-        raise IngestError(str(exc)) from None
-    if not files:
-        raise IngestError(f"no supported files found in: {', '.join(map(str, paths))}")
-
-    with _lock(name, lock_timeout):
-        live = _live_dir(name)
-        old = read_manifest(name) if live else None
-        emb, emb_name = _resolve_embeddings(embeddings, old.embeddings if old else None)
-        embedded = old.store == "faiss" if old else is_embedded(get_settings().vector_store)
-        manifest = (
-            old.model_copy(deep=True)
-            if old
-            else Manifest(embeddings=emb_name, store="faiss" if embedded else "external")
-        )
-        if embedded:
-            store = _load_faiss(live, emb) if live and manifest.chunks else None
-        else:
-            store = open_external_store(get_settings().vector_store, name, emb)
-        report = IngestReport(kb=name)
-        written: list[str] = []  # chunk ids added in this run
-        stale: list[str] = []  # ids replaced in an external store, dropped once published
-        try:
-            run = _Run(manifest, emb, embedded, report, written, stale, strict, progress)
-            store = run.apply(files, store)
-            if not manifest.files:
-                reasons = "; ".join(f"{k}: {v}" for k, v in report.skipped.items())
-                raise IngestError(f"nothing to ingest: {reasons}")
-            report.chunks = manifest.chunks
-            if report.added or report.updated or live is None:
-                _publish(name, manifest, store if embedded else None)
-        except BaseException:
-            if not embedded and written and store is not None:
-                with contextlib.suppress(Exception):  # best effort: leave no orphans
-                    store.delete(written)
-            raise
-        if stale and store is not None:
-            store.delete(stale)
-        return report
-
-
-class _Run:
-    """One ingest's work: new and changed files go, in batches of chunks, into `store` (a
-    private FAISS copy, or the external store) and into `manifest`."""
-
-    def __init__(
-        self,
-        manifest: Manifest,
-        emb: Embeddings,
-        embedded: bool,
-        report: IngestReport,
-        written: list[str],
-        stale: list[str],
-        strict: bool,
-        progress: Progress | None,
-    ) -> None:
-        self.manifest, self.emb, self.embedded = manifest, emb, embedded
-        self.report, self.written, self.stale = report, written, stale
-        self.strict, self.progress = strict, progress
-        self.done = self.total = 0
-
-    def apply(self, files: list[Path], store: VectorStore | None) -> VectorStore | None:
-        """Returns the store (created on the first batch of a new KB)."""
-        self.total = sum(_size(path) for path in files)
-        for path in files:
-            self._tick(str(path))
-            try:
-                store = self._file(path, store)
-            except SkippedFile as exc:
-                if self.strict:
-                    raise IngestError(str(exc)) from None
-                self.report.skipped[str(path)] = exc.reason
-            except LoadError as exc:
-                raise IngestError(str(exc)) from None
-            self.done += _size(path)
-        self._tick("")
-        return store
-
-    def _tick(self, label: str, within: int = 0) -> None:
-        if self.progress:
-            self.progress(label, min(self.done + within, self.total), self.total)
-
-    def _file(self, path: Path, store: VectorStore | None) -> VectorStore | None:
-        key, digest = str(path), _sha256(path)
-        previous = self.manifest.files.get(key)
-        if previous and previous.sha256 == digest:
-            self.report.unchanged.append(key)
-            return store
-        ids: list[str] = []
-        batch: list[Document] = []
-        chars = 0  # of text embedded so far: about the bytes done, for the progress bar
-        chunks = iter_chunks(path)
-        while True:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                chunk.metadata["sha256"] = digest
-                batch.append(chunk)
-            if batch and (chunk is None or len(batch) >= BATCH):
-                if not ids and previous:  # the file has new content: replace its chunks
-                    if self.embedded and store is not None:
-                        store.delete(previous.ids)  # FAISS: a private copy until published
-                    else:
-                        self.stale.extend(previous.ids)
-                chars += sum(len(c.page_content) for c in batch) - CHUNK_OVERLAP * len(batch)
-                batch_ids = _chunk_ids(key, digest, len(ids), len(batch))
-                store = self._add(store, batch, batch_ids)
-                ids.extend(batch_ids)
-                self.written.extend(batch_ids)
-                batch = []
-                self._tick(key, max(chars, 0))
-            if chunk is None:
-                break
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.manifest.files[key] = FileEntry(sha256=digest, ids=ids, ingested_at=now)
-        (self.report.updated if previous else self.report.added).append(key)
-        return store
-
-    def _add(self, store: VectorStore | None, batch: list[Document], ids: list[str]) -> Any:
-        if store is None:
-            from langchain_community.vectorstores import FAISS
-
-            return FAISS.from_documents(batch, self.emb, ids=ids)
-        store.add_documents(batch, ids=ids)
-        return store
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _publish(name: str, manifest: Manifest, store: VectorStore | None) -> None:
-    """Write a complete new version, then atomically point CURRENT at it."""
-    home = kb_root() / name
-    home.mkdir(parents=True, exist_ok=True)
-    version = f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    target = home / version
-    try:
-        target.mkdir()
-        if store is not None:
-            store.save_local(str(target))  # type: ignore[attr-defined]
-        (target / _MANIFEST).write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
-        pointer = home / f".{_CURRENT}.{uuid.uuid4().hex[:8]}"
-        pointer.write_text(version, encoding="utf-8")
-        os.replace(pointer, home / _CURRENT)
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    for child in home.iterdir():  # old versions and leftovers of crashed ingests
-        if child.name in (version, _CURRENT):
-            continue
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
 def delete_kb(name: str) -> None:
     """Remove knowledge base `name` (UnknownKB if there is none)."""
-    with _lock(name):
+    with kb_lock(name):
         manifest = read_manifest(name)
         if manifest.store != "faiss" and manifest.chunks:
-            emb, _ = _resolve_embeddings(None, manifest.embeddings)
+            emb, _ = resolve_embeddings(None, manifest.embeddings)
             store = open_external_store(get_settings().vector_store, name, emb)
             store.delete([i for f in manifest.files.values() for i in f.ids])
         home = kb_root() / name

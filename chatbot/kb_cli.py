@@ -46,8 +46,8 @@ def ingest(
 ) -> None:
     """Add or update files: txt, md, pdf, html and source code. Unchanged files are skipped,
     binary and empty ones too (with a warning) unless --strict."""
+    from chains.ingest import ingest as do_ingest
     from chains.kb import KBError
-    from chains.kb import ingest as do_ingest
 
     columns = (
         TextColumn("{task.description}"),

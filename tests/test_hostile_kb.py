@@ -13,7 +13,9 @@ import filelock
 import pytest
 from typer.testing import CliRunner
 
+import chains.ingest
 from chains import kb
+from chains.ingest import ingest
 from chatbot.cli import app
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 
@@ -102,7 +104,7 @@ def test_a_locked_kb_fails_clearly_after_the_timeout(data_dir, tmp_path):  # noq
     kb.kb_root().mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(kb.kb_root() / ".busy.lock"):
         with pytest.raises(kb.KBError, match="being changed by another process"):
-            kb.ingest("busy", [doc], embeddings="minilm", lock_timeout=0.2)
+            ingest("busy", [doc], embeddings="minilm", lock_timeout=0.2)
         result = CliRunner().invoke(
             app,
             ["kb", "ingest", "busy", str(doc), "--embeddings", "minilm", "--lock-timeout", "0.2"],
@@ -126,7 +128,7 @@ def _mixed(root: Path) -> Path:
 
 def test_encodings_binaries_and_empty_files(data_dir, tmp_path):  # noqa: F811
     root = _mixed(tmp_path / "mixed")
-    report = kb.ingest("mixed", [root], embeddings="minilm")
+    report = ingest("mixed", [root], embeddings="minilm")
     added = sorted(Path(p).name for p in report.added)
     assert added == ["german.txt", "japanese.md", "plain.txt", "russian.txt", "utf16.md"]
     skipped = {Path(p).name: why for p, why in report.skipped.items()}
@@ -144,7 +146,7 @@ def test_encodings_binaries_and_empty_files(data_dir, tmp_path):  # noqa: F811
 def test_strict_keeps_all_or_nothing(data_dir, tmp_path):  # noqa: F811
     root = _mixed(tmp_path / "mixed")
     with pytest.raises(kb.IngestError, match="blank.md|blob.py|empty.txt|image.txt"):
-        kb.ingest("strict", [root], embeddings="minilm", strict=True)
+        ingest("strict", [root], embeddings="minilm", strict=True)
     assert kb.list_kbs() == []
     result = CliRunner().invoke(
         app, ["kb", "ingest", "strict", str(root), "--embeddings", "minilm", "--strict"]
@@ -173,8 +175,8 @@ def test_big_file_is_split_in_blocks_with_right_line_numbers(data_dir, tmp_path,
         assert chunk.metadata["start_line"] == first, chunk.metadata
         last_line = chunk.page_content.rstrip("\n").splitlines()[-1]
         assert chunk.metadata["end_line"] == int(last_line.split(":", 1)[0].split()[1])
-    monkeypatch.setattr(kb, "BATCH", 16)  # several batches per file
-    report = kb.ingest("numbers", [doc], embeddings="minilm")
+    monkeypatch.setattr(chains.ingest, "BATCH", 16)  # several batches per file
+    report = ingest("numbers", [doc], embeddings="minilm")
     assert report.chunks == len(chunks)
     ids = kb.read_manifest("numbers").files[str(doc.resolve())].ids
     assert len(ids) == len(set(ids)) == len(chunks)
