@@ -30,6 +30,7 @@ from model_adapters.generation import (
     QueueFullError,
     Sink,
     StopMatcher,
+    is_greedy,
     sample_next,
 )
 from model_adapters.runtime import EngineStats, check_context
@@ -286,7 +287,7 @@ class HFRuntime:
         for i, row in enumerate(rows):
             request = row.request
             try:
-                if row.constraint is None and request.temperature <= 0:
+                if row.constraint is None and is_greedy(request.temperature):
                     token = greedy[i]
                 else:
                     scores = logits[i]
