@@ -1,4 +1,5 @@
-"""`engine: transformers` - local Hugging Face models (CPU, CUDA, MPS; GPTQ checkpoints too)."""
+"""`engine: transformers` - local Hugging Face models (CPU, CUDA, MPS; GPTQ checkpoints and
+GGUF files too: see model_adapters.gguf)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,22 @@ class TransformersEngine(LocalEngine):
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from chatbot.quantize import is_gptq_checkpoint
+        from model_adapters.gguf import converted, find_gguf
         from model_adapters.hf_engine import HFRuntime, pick_device
 
         super().__init__(entry, settings)
         opts = entry.options
         extra = dict(opts.model_extra or {})
         load_kwargs = dict(extra.get("load_kwargs") or {})
-        if entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
+        path = entry.resolved_path or entry.path or ""
+        gguf_file = find_gguf(entry.resolved_path)
+        if gguf_file is not None:  # de-quantised once, then loaded from the cache
+            path = converted(gguf_file, settings.data_dir, where=f"model {entry.name!r}")
+        elif entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
             # gptqmodel picks its int4 kernel for the device at load time: load in place.
             load_kwargs.setdefault("device_map", pick_device(opts.device))
         self.runtime = HFRuntime(
-            entry.resolved_path or entry.path or "",
+            path,
             device=opts.device,
             dtype=opts.dtype,
             trust_remote_code=opts.trust_remote_code,
