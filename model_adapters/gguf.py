@@ -4,7 +4,7 @@ cache of the de-quantised weights that the local engines load.
 A registry `path:` may name a `.gguf` file (or an Ollama blob: GGUF by its magic bytes,
 no suffix) or a folder holding one. Transformers de-quantises a GGUF to float weights on
 every load (~20 s for 135M parameters); we do that once and keep the result as an
-ordinary Hugging Face folder under `<data_dir>/gguf-cache/`, keyed by the file's size,
+ordinary Hugging Face folder under `<data_dir>/gguf-cache/` (or CHATBOT_GGUF_CACHE), keyed by the file's size,
 mtime and a hash of its content, so later starts load plain safetensors.
 
 The header is read here directly (a few KiB, no tensor data): listing models and
@@ -237,17 +237,23 @@ def content_key(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_folder(path: Path, data_dir: Path) -> Path:
-    return Path(data_dir).absolute() / CACHE_DIR / f"{path.stem}-{content_key(path)}"
+def cache_root(settings: Any) -> Path:
+    """Where converted GGUF files live: settings.gguf_cache, else data_dir/gguf-cache."""
+    root = settings.gguf_cache or Path(settings.data_dir) / CACHE_DIR
+    return Path(root).expanduser().absolute()
 
 
-def converted(path: Path, data_dir: Path, where: str = "") -> Path:
+def cache_folder(path: Path, root: Path) -> Path:
+    return Path(root).absolute() / f"{path.stem}-{content_key(path)}"
+
+
+def converted(path: Path, root: Path, where: str = "") -> Path:
     """A Hugging Face folder (config, safetensors, tokenizer) with the GGUF's weights
     de-quantised: from the cache, or converted now (first start) and cached.
 
     `where` names the registry entry in errors: a bad file gets one clear GGUFError.
     """
-    folder = cache_folder(path, data_dir)
+    folder = cache_folder(path, root)
     if (folder / "chatbot-gguf.json").exists():
         log.info("%s: using cached conversion at %s", path.name, folder)
         return folder

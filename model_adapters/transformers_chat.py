@@ -25,7 +25,7 @@ class TransformersEngine(LocalEngine):
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from chatbot.quantize import is_gptq_checkpoint
-        from model_adapters.gguf import converted, find_gguf
+        from model_adapters.gguf import cache_root, converted, find_gguf
         from model_adapters.hf_engine import HFRuntime, pick_device
 
         super().__init__(entry, settings)
@@ -35,7 +35,7 @@ class TransformersEngine(LocalEngine):
         path = entry.resolved_path or entry.path or ""
         gguf_file = find_gguf(entry.resolved_path)
         if gguf_file is not None:  # de-quantised once, then loaded from the cache
-            path = converted(gguf_file, settings.data_dir, where=f"model {entry.name!r}")
+            path = converted(gguf_file, cache_root(settings), where=f"model {entry.name!r}")
         elif entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
             # gptqmodel picks its int4 kernel for the device at load time: load in place.
             load_kwargs.setdefault("device_map", pick_device(opts.device))

@@ -373,12 +373,12 @@ class VLLMEngine(LocalEngine):
         return "cuda", int(total * util)
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        from model_adapters.gguf import converted, find_gguf, vllm_model_args
+        from model_adapters.gguf import cache_root, converted, find_gguf, vllm_model_args
 
         super().__init__(entry, settings)
         overrides = {}
         gguf_file = find_gguf(entry.resolved_path)
         if gguf_file is not None:  # the converted folder gives vLLM a tokenizer (or weights)
-            folder = converted(gguf_file, settings.data_dir, where=f"model {entry.name!r}")
+            folder = converted(gguf_file, cache_root(settings), where=f"model {entry.name!r}")
             overrides = vllm_model_args(gguf_file, folder)
         self.runtime = VLLMRuntime(entry, max_queue=entry.max_queue, overrides=overrides)

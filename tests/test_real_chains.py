@@ -1,0 +1,61 @@
+"""Chains on the real model: RAG over the README's two notes, a conversation that
+remembers, and an agent that calls a tool and answers with its result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+
+from chains import kb
+from chains.agent import build_agent
+from chains.conversation import build_conversation_chain
+from chains.rag import build_rag_chain
+from tests.chains_fakes import data_dir  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.real_model
+
+
+def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine):  # noqa: F811
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    # The README's example notes, as written there.
+    (notes / "fruit.md").write_text("# Fruit\n\nBananas are long yellow fruit, rich in potassium.\n")
+    (notes / "space.txt").write_text("Mars is the fourth planet from the Sun.\nIt has two small moons.\n")
+    kb.ingest("docs", [notes], embeddings="minilm")
+    chain = build_rag_chain(model=smol_engine.chat_model(temperature=0, max_tokens=40), store="docs")
+    out = chain.invoke({"question": "Which fruit is yellow?"})
+    assert "banana" in out["answer"].lower(), out["answer"]
+    assert Path(out["sources"][0]["source"]).name == "fruit.md"
+
+
+def test_conversation_recalls_a_name_from_two_turns_earlier(data_dir, smol_engine):  # noqa: F811
+    chain = build_conversation_chain(smol_engine.chat_model(temperature=0, max_tokens=32))
+    session = {"session_id": "real-1"}
+    chain.invoke({"input": "Hi! My name is Alice.", **session})
+    chain.invoke({"input": "I live in a small town by the sea.", **session})
+    reply = chain.invoke({"input": "What is my name?", **session})
+    assert "Alice" in reply.content, reply.content
+
+
+def lookup_order(order_id: str) -> str:
+    """Look up the delivery status of a customer order by its id."""
+    return f"Order {order_id} was delivered on 12 March to locker 4781."
+
+
+def test_agent_calls_a_tool_then_answers_with_its_result(smol_engine):
+    # The GGUF's template has no tool support: the tools go in the system prompt.
+    agent = build_agent(
+        smol_engine.chat_model(temperature=0, max_tokens=200),
+        tools=[lookup_order],
+        builtin=False,
+    )
+    out = agent.invoke({"messages": [("user", "Where is my order A-17? Use the tool.")]})
+    messages = out["messages"]
+    calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    assert calls and calls[0]["name"] == "lookup_order", messages
+    assert any(isinstance(m, ToolMessage) and "4781" in m.content for m in messages)
+    final = messages[-1]
+    assert isinstance(final, AIMessage) and not final.tool_calls
+    assert "4781" in final.content, final.content
