@@ -62,7 +62,7 @@ def test_home_relative_path(tmp_path, models_root, monkeypatch):
 BAD_CASES = [
     ("models:\n  a: {path: tiny-qwen2, engines: [warp-drive]}\n", r"models\.a\.engines\[0\]: unknown engine 'warp-drive'"),
     ("models:\n  a: {engines: [transformers]}\n", r"models\.a\.path: engine 'transformers' needs a 'path'"),
-    ("models:\n  a: {path: nowhere/model}\n", r"models\.a\.path: path 'nowhere/model' not found \(looked in: .*nowhere/model"),
+    ("serve: [a]\nmodels:\n  a: {path: nowhere/model}\n", r"serve\[0\]: .*models\.a\.path: path 'nowhere/model' not found \(looked in: /.*nowhere/model"),
     ("models:\n  a: {path: tiny-qwen2}\n  a: {path: tiny-llama}\n", r"duplicate key 'a' at line 3"),
     ("models:\n  a: {path: tiny-qwen2}\nembeddings:\n  a: {path: tiny-qwen2}\n", r"embeddings\.a: duplicate name 'a'"),
     ("models:\n  a: {provider: openai, model: m, api_key: '${CHATBOT_TEST_UNSET_VAR}'}\n", r"models\.a\.api_key: environment variable \$\{CHATBOT_TEST_UNSET_VAR\} is not set"),
