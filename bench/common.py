@@ -63,7 +63,8 @@ def _hf_folder(path: Path) -> Path:
     gguf_file = find_gguf(path)
     if gguf_file is None:
         return path
-    return converted(gguf_file, Path(os.environ.get("CHATBOT_GGUF_CACHE", ROOT / "data" / "gguf-cache")))
+    cache = os.environ.get("CHATBOT_GGUF_CACHE") or ROOT / "data" / "gguf-cache"
+    return converted(gguf_file, Path(cache))
 
 
 @contextlib.contextmanager

@@ -265,8 +265,9 @@ def resolve_model_path(raw: str, models_root: Path) -> Path | str:
     if given.is_absolute():
         tried = [given]
     else:  # absolute in messages: "looked in: /srv/llm_models/x", not "llm_models/x"
-        tried = list(dict.fromkeys([models_root.expanduser().absolute() / given,
-                                    Path.cwd() / given]))
+        tried = list(
+            dict.fromkeys([models_root.expanduser().absolute() / given, Path.cwd() / given])
+        )
     for candidate in tried:
         if candidate.exists():
             return candidate.resolve()

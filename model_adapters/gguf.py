@@ -4,8 +4,9 @@ cache of the de-quantised weights that the local engines load.
 A registry `path:` may name a `.gguf` file (or an Ollama blob: GGUF by its magic bytes,
 no suffix) or a folder holding one. Transformers de-quantises a GGUF to float weights on
 every load (~20 s for 135M parameters); we do that once and keep the result as an
-ordinary Hugging Face folder under `<data_dir>/gguf-cache/` (or CHATBOT_GGUF_CACHE), keyed by the file's size,
-mtime and a hash of its content, so later starts load plain safetensors.
+ordinary Hugging Face folder under `<data_dir>/gguf-cache/` (or CHATBOT_GGUF_CACHE),
+keyed by the file's size, mtime and a hash of its content, so later starts load plain
+safetensors.
 
 The header is read here directly (a few KiB, no tensor data): listing models and
 checking a file for truncation stay fast even for multi-GB files.
@@ -31,8 +32,19 @@ MAGIC = b"GGUF"
 CACHE_DIR = "gguf-cache"
 _HASH_SPAN = 4 * 2**20  # bytes hashed at each end of the file (see content_key)
 # struct formats of GGUF's scalar value types (gguf.GGUFValueType order).
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-            10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -269,8 +281,12 @@ def converted(path: Path, root: Path, where: str = "") -> Path:
         _convert(path, tmp)
         (tmp / "chatbot-gguf.json").write_text(
             json.dumps(
-                {"source": str(path), "key": content_key(path), "quantization": meta.quantization,
-                 "architecture": meta.architecture},
+                {
+                    "source": str(path),
+                    "key": content_key(path),
+                    "quantization": meta.quantization,
+                    "architecture": meta.architecture,
+                },
                 indent=2,
             )
         )
@@ -311,6 +327,5 @@ def vllm_model_args(path: Path, folder: Path) -> dict[str, Any]:
 
     if importlib.util.find_spec("vllm.model_executor.layers.quantization.gguf") is not None:
         return {"model": str(path), "tokenizer": str(folder), "quantization": "gguf"}
-    log.info("%s: this vLLM build has no GGUF loader: serving the de-quantised weights",
-             path.name)
+    log.info("%s: this vLLM build has no GGUF loader: serving the de-quantised weights", path.name)
     return {"model": str(folder)}

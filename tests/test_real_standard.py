@@ -5,7 +5,6 @@ through ChatLocal and the transformers engine: the tests that xfail on random we
 from __future__ import annotations
 
 import pytest
-from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from model_adapters.local_chat import ChatLocal
