@@ -196,7 +196,7 @@ def report(results: dict, levels: list[int], args: argparse.Namespace) -> None:
             rows.append([str(level), system, fmt(r["tok_s"]), fmt(r["p50"] * 1000, 0),
                          fmt(r["p95"] * 1000, 0), ratio])
     notes = [f"max_tokens={args.max_tokens}, {args.rounds} requests per client, "
-             f"torch threads={args.threads}, model={args.model or 'smol (SmolLM2-135M)'}"]
+             f"torch threads={args.threads}, model={args.model or 'smol'}"]
     for system, target in TARGETS.items():
         r, ref = results.get((8, system)), results.get((8, reference[system]))
         if r and ref:
