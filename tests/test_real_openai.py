@@ -64,7 +64,7 @@ def test_stop_cuts_where_asked(client, stream) -> None:
 
 def test_usage_counts_match_the_tokenizer(client, smol_tokenizer) -> None:
     prompt_ids = smol_tokenizer.apply_chat_template(FRANCE, add_generation_prompt=True)
-    if isinstance(prompt_ids, dict):  # transformers 5 may return a BatchEncoding
+    if not isinstance(prompt_ids, list):  # transformers 5 returns a BatchEncoding
         prompt_ids = prompt_ids["input_ids"]
     # Cut by max_tokens: every generated token is in the text.
     reply = _ask(client, FRANCE, max_tokens=5)
