@@ -16,7 +16,7 @@ if vllm_build() != "cpu":
 from chatbot import factory  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
 from tests.real_model import SMOL_PATH  # noqa: E402
-from tests.test_real_standard import TestSmolIntegration  # noqa: E402
+from tests import test_real_standard as standard  # noqa: E402 - not the class: pytest would run it twice
 
 pytestmark = pytest.mark.real_model
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
@@ -43,7 +43,7 @@ def vllm_engine(_registry, models_root):
         yield factory.get_engine(NAME)
 
 
-class TestSmolVLLMIntegration(TestSmolIntegration):
+class TestSmolVLLMIntegration(standard.TestSmolIntegration):
     @pytest.fixture(autouse=True)
     def _loaded(self, vllm_engine) -> None:  # the vLLM engine, not the transformers one
         """Started once for the module."""
