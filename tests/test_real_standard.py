@@ -73,3 +73,11 @@ class TestSmolIntegration(ChatModelIntegrationTests):
     @pytest.mark.xfail(reason=_JSON_CLOSE, strict=False)
     def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
         super().test_structured_output_pydantic_2_v1(model)
+
+    # Shown here: with the tools in the system prompt (the GGUF template has none) and
+    # tool_choice="auto", SmolLM2-135M answers in prose instead of calling get_weather
+    # ("assert any(block['type'] == 'tool_call' ...)" fails). Forced calls work (above).
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    @pytest.mark.xfail(reason="SmolLM2-135M does not choose to call a tool on its own")
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
