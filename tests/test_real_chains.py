@@ -17,8 +17,9 @@ from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 pytestmark = pytest.mark.real_model
 
 
-def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine):  # noqa: F811
-    notes = tmp_path / "notes"
+def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # as in the README: `chatbot kb ingest docs notes/`
+    notes = Path("notes")
     notes.mkdir()
     # The README's example notes, as written there.
     (notes / "fruit.md").write_text(
