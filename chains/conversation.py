@@ -113,9 +113,7 @@ class _Conversation(RunnableGenerator):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return message_chunk_to_message(super().invoke(input, config, **kwargs))
 
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Any:
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return message_chunk_to_message(await super().ainvoke(input, config, **kwargs))
 
 
@@ -145,8 +143,10 @@ def build_conversation_chain(
     def fit(messages: Any) -> list[BaseMessage]:
         kept = trim.invoke(messages)
         if not any(isinstance(m, HumanMessage) for m in kept):
-            raise ValueError(f"input: the message does not fit the model's context window "
-                             f"({budget} tokens for input)")
+            raise ValueError(
+                f"input: the message does not fit the model's context window "
+                f"({budget} tokens for input)"
+            )
         return kept
 
     head = [SystemMessage(system_prompt)] if system_prompt else []

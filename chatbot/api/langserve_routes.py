@@ -15,9 +15,10 @@ from fastapi import FastAPI
 from langchain_core.runnables import Runnable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.serving import chain_runnables
 from chatbot.api.errors import from_exception, log_error
 from chatbot.api.models import chat_runnable
-from chatbot.registry import Registry
+from chatbot.catalog import ModelCatalog
 
 
 def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: Any) -> None:
@@ -28,13 +29,22 @@ def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: A
     add_routes(app, runnable, path=path, **kwargs)
 
 
-def add_model_routes(app: FastAPI, registry: Registry) -> list[str]:
+def add_model_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
     """`/models/{name}` for each served chat model; returns the paths added."""
     paths = []
-    for entry in registry.served("chat"):
+    for entry in catalog.registry.served("chat"):
         path = f"/models/{entry.name}"
-        add_runnable_routes(app, path, chat_runnable(entry.name))
+        add_runnable_routes(app, path, chat_runnable(catalog, entry.name))
         paths.append(path)
+    return paths
+
+
+def add_chain_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
+    """`/chains/{rag,conversation,agent}` (chains.serving); returns the paths added."""
+    paths = []
+    for name, runnable in chain_runnables(catalog).items():
+        add_runnable_routes(app, f"/chains/{name}", runnable)
+        paths.append(f"/chains/{name}")
     return paths
 
 

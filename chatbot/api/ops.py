@@ -327,5 +327,6 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    data, content_type = request.app.state.chatbot.metrics.render()
+    state = request.app.state.chatbot
+    data, content_type = state.metrics.render(state.catalog)
     return Response(data, media_type=content_type)
