@@ -34,22 +34,24 @@ def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine, monk
     )
     out = chain.invoke({"question": "Which fruit is yellow?"})
     assert Path(out["sources"][0]["source"]).name == "fruit.md"
-    if "banana" not in out["answer"].lower():
-        # Seen with k=2 under some tmp paths (the prompt names the files): "The fruit I'm
-        # referring to is the fruit of the fruit of ..." - greedy 135M is prompt-sensitive.
-        pytest.xfail(f"SmolLM2-135M missed the passage: {out['answer']!r}")
+    # The prompt names the files relative to the working directory (chains.rag._where):
+    # with the temporary folder's absolute path in it, greedy SmolLM2-135M looped ("the
+    # fruit of the fruit of ...") or answered depending on the folder's name.
+    assert "banana" in out["answer"].lower(), out["answer"]
 
 
 def test_conversation_recalls_a_name_from_two_turns_earlier(data_dir, smol_engine):  # noqa: F811
-    chain = build_conversation_chain(smol_engine.chat_model(temperature=0, max_tokens=32))
+    chain = build_conversation_chain(smol_engine.chat_model(temperature=0, max_tokens=24))
     session = {"session_id": "real-1"}
     chain.invoke({"input": "Hi! My name is Alice.", **session})
     chain.invoke({"input": "I live in a small town by the sea.", **session})
     reply = chain.invoke({"input": "What is my name?", **session})
     assert len(get_history("real-1").messages) == 6  # three turns kept
     if "Alice" not in reply.content:
-        # Seen here: "I'm Emily, the AI assistant. ... What's your name?" (also with a
-        # system prompt and other phrasings): the model confuses itself and the user.
+        # Seen here: "I'm Emily, the AI assistant. ... What's your name?". System prompts
+        # tried (none helped): "You are a helpful assistant." ("... What's your name?"),
+        # "Remember what the user tells you about themselves ..." (loops), "Facts the
+        # user states about themselves ... are about the user, not about you."
         pytest.xfail(f"SmolLM2-135M does not recall the name: {reply.content!r}")
     assert "Alice" in reply.content
 
@@ -77,7 +79,7 @@ def test_agent_calls_a_tool_then_answers_with_its_result(smol_engine):
     assert any(isinstance(m, ToolMessage) and "4781" in m.content for m in messages)
     final = messages[-1]
     assert isinstance(final, AIMessage) and not final.tool_calls
-    if "4781" not in final.content:
-        # Seen here: the final turn repeats the call as text ('{"name": "lookup_order",
-        # "arguments": {"order_id": "A-17"}}') instead of answering from the result.
-        pytest.xfail(f"SmolLM2-135M does not answer from the tool result: {final.content!r}")
+    # The template has no tool roles: the call is shown as prose ("I called
+    # lookup_order(...)") and the result as a "Tool result: ..." user turn
+    # (model_adapters.messages.fold_tools); shown the bare JSON call, the model repeated it.
+    assert "4781" in final.content, final.content
