@@ -51,7 +51,9 @@ def test_conversation_recalls_a_name_from_two_turns_earlier(data_dir, smol_engin
         # Seen here: "I'm Emily, the AI assistant. ... What's your name?". System prompts
         # tried (none helped): "You are a helpful assistant." ("... What's your name?"),
         # "Remember what the user tells you about themselves ..." (loops), "Facts the
-        # user states about themselves ... are about the user, not about you."
+        # user states about themselves ... are about the user, not about you."; and the
+        # questions "What did I say my name was?", "Do you remember my name?", "Please
+        # repeat my name." (all "I'm Emily, the AI assistant. ...").
         pytest.xfail(f"SmolLM2-135M does not recall the name: {reply.content!r}")
     assert "Alice" in reply.content
 
