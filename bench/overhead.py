@@ -152,7 +152,7 @@ def report(samples: dict[str, list[tuple[float, float, int]]], args: argparse.Na
     ]
     notes = [
         f"{args.requests} requests each, alternating, one at a time; max_tokens="
-        f"{args.max_tokens}; torch threads={args.threads}; model={args.model or 'tiny (built)'}",
+        f"{args.max_tokens}; torch threads={args.threads}; model={args.model or 'smol'}",
         f"target tok/s ratio >= 0.95: {ratio:.2f}x ({'met' if ratio >= 0.95 else 'NOT met'})",
         f"target added TTFT <= 10 ms: {added:+.2f} ms ({'met' if added <= 10 else 'NOT met'})",
     ]

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from langchain_core.documents import Document
@@ -67,9 +69,20 @@ def to_sources(docs: list[Document]) -> list[dict[str, Any]]:
     return out
 
 
+def _where(source: str) -> str:
+    """A file under the working directory as its relative path (`notes/fruit.md`): the
+    prompt stays short and does not change with where the project lives (a 135M model's
+    greedy answer changed with the temporary folder's name). Sources keep the full path."""
+    path = Path(source)
+    if path.is_absolute():
+        with contextlib.suppress(ValueError, OSError):
+            return str(path.relative_to(Path.cwd()))
+    return source
+
+
 def _label(doc: Document) -> str:
     meta = doc.metadata
-    where = str(meta.get("source", "?"))
+    where = _where(str(meta.get("source", "?")))
     if meta.get("page"):
         where += f", page {meta['page']}"
     if meta.get("start_line"):

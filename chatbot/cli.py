@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -49,18 +50,21 @@ def _use_settings(**values: Any) -> Any:
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    # The message is plain text (paths, brackets): no markup, highlighting or re-wrapping.
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
 def build_registry(config: Path, models_root: Path, models: list[str] | None = None) -> Any:
     """The registry file, narrowed to `models` when given.
 
-    Each of `models` is a registry name, or a path to a model directory (or `hf://org/
-    name`), which becomes an ad-hoc transformers entry named after its last part. The
-    registry's served embeddings stay served.
+    Each of `models` is a registry name, or a path to a model directory or GGUF file (or
+    `hf://org/name`, `pkg://module/file`), which becomes an ad-hoc transformers entry
+    named after its last part. The registry's served embeddings stay served; its other
+    entries are not served, so one that is broken here (a missing path) does not matter.
     """
-    from chatbot.registry import Registry, load_registry, parse_registry
+    from chatbot.registry import Registry, RegistryError, load_registry, parse_registry
 
     if config.exists() or not models:
         base = load_registry(config, models_root)
@@ -75,17 +79,20 @@ def build_registry(config: Path, models_root: Path, models: list[str] | None = N
             serve.append(given)
             continue
         path = Path(given).expanduser()
-        if given.startswith("hf://"):
-            raw, name = given, given.rstrip("/").rsplit("/", 1)[-1]
+        if given.startswith(("hf://", "pkg://")):
+            raw, name = given, given.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
         elif path.exists():
-            raw, name = str(path.resolve()), path.resolve().name
+            raw, name = str(path.resolve()), path.resolve().name.removesuffix(".gguf")
         else:
             known = ", ".join(sorted(base.entries)) or "none"
             raise _fail(f"--model {given!r}: not a registry entry ({known}) and not a path")
         while name in entries:
             name += "-1"
         body = {"path": raw, "engines": ["transformers"], "description": f"ad-hoc: {given}"}
-        entries[name] = parse_registry({"models": {name: body}}, models_root).entries[name]
+        entry = parse_registry({"models": {name: body}}, models_root).entries[name]
+        if entry.unavailable:
+            raise RegistryError(f"--model {given!r}: {entry.unavailable}")
+        entries[name] = entry
         serve.append(name)
     serve += [e.name for e in base.served("embeddings") if e.name not in serve]
     return Registry(
@@ -202,6 +209,8 @@ def _engine_column(entry: Any) -> str:
     from chatbot import factory
     from chatbot.engines import pick_engine
 
+    if entry.unavailable:
+        return f"[red]unavailable[/]: {escape(entry.unavailable)}"
     if entry.name in factory.picked:
         name, skipped = factory.picked[entry.name]
     else:
@@ -213,6 +222,19 @@ def _engine_column(entry: Any) -> str:
     lines = [f"[green]{name}[/]"]
     lines += [f"[dim]{other}: {reason}[/]" for other, reason in skipped.items()]
     return "\n".join(lines)
+
+
+def _format_column(entry: Any) -> str:
+    """'gguf Q4_1', 'hf', 'hf gptq', or '' for remote providers."""
+    from model_adapters.gguf import describe
+
+    if not entry.is_local:
+        return ""
+    info = describe(entry.resolved_path)
+    text = " ".join(str(v) for v in (info["format"], info["quantization"]) if v)
+    if info.get("error"):
+        text += f"\n[red]{escape(info['error'])}[/]"
+    return text
 
 
 @app.command()
@@ -233,7 +255,8 @@ def models(config: ConfigOpt = None) -> None:
         raise _fail(str(exc)) from None
     loaded = factory.loaded()
     table = Table(title=f"Models in {registry.source}")
-    for column in ("name", "kind", "engines", "engine picked / skipped", "served", "loaded"):
+    columns = ("name", "kind", "format", "engines", "engine picked / skipped", "served", "loaded")
+    for column in columns:
         table.add_column(column)
     for entry in registry.entries.values():
         name = entry.name
@@ -244,6 +267,7 @@ def models(config: ConfigOpt = None) -> None:
         table.add_row(
             name,
             entry.kind,
+            _format_column(entry),
             ", ".join(entry.engines),
             _engine_column(entry),
             "yes" if entry.name in registry.serve else "no",
@@ -275,7 +299,7 @@ def chat(
     try:
         with err.status(f"loading {name or 'the default model'}..."):
             model = factory.get_chat_model(name, **overrides)
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, ValueError) as exc:  # ValueError: RegistryError, GGUFError
         raise _fail(str(exc).strip("'\"")) from None
     label = name or factory.get_registry().default_model
     start: list[BaseMessage] = [SystemMessage(system)] if system else []

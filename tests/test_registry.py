@@ -69,8 +69,8 @@ BAD_CASES = [
         r"models\.a\.path: engine 'transformers' needs a 'path'",
     ),
     (
-        "models:\n  a: {path: nowhere/model}\n",
-        r"models\.a\.path: path 'nowhere/model' not found \(looked in: .*nowhere/model",
+        "serve: [a]\nmodels:\n  a: {path: nowhere/model}\n",
+        r"serve\[0\]: .*models\.a\.path: path 'nowhere/model' not found \(looked in: /.*nowhere/model",
     ),
     ("models:\n  a: {path: tiny-qwen2}\n  a: {path: tiny-llama}\n", r"duplicate key 'a' at line 3"),
     (

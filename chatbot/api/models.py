@@ -149,7 +149,18 @@ def model_card(catalog: ModelCatalog, entry: ModelEntry, created: int) -> dict[s
         "lazy": entry.lazy,
         "capabilities": capabilities(catalog, entry),
         "context_length": context_length(catalog, entry) if loaded else entry.options.max_model_len,
+        **_weights_format(entry),
     }
+
+
+def _weights_format(entry: ModelEntry) -> dict[str, Any]:
+    """Local entries: "format" (hf / gguf) and "quantization" (Q4_1, gptq, ...)."""
+    if not entry.is_local:
+        return {}
+    from model_adapters.gguf import describe
+
+    info = describe(entry.resolved_path)
+    return {"format": info["format"], "quantization": info["quantization"]}
 
 
 # --- LangServe ---------------------------------------------------------------------

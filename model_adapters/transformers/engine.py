@@ -1,4 +1,5 @@
-"""`engine: transformers` - local Hugging Face models (CPU, CUDA, MPS; GPTQ checkpoints too)."""
+"""`engine: transformers` - local Hugging Face models (CPU, CUDA, MPS; GPTQ checkpoints and
+GGUF files too: see model_adapters.gguf)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class TransformersEngine(LocalEngine):
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from chatbot.quantize import is_gptq_checkpoint
+        from model_adapters.gguf import cache_root, converted, find_gguf
         from model_adapters.transformers.runtime import HFRuntime, pick_device
 
         super().__init__(entry, settings)
@@ -40,11 +42,15 @@ class TransformersEngine(LocalEngine):
         set_torch_threads(serving_threads(opts.threads, settings.threads))
         extra = dict(opts.model_extra or {})
         load_kwargs = dict(extra.get("load_kwargs") or {})
-        if entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
+        path = entry.resolved_path or entry.path or ""
+        gguf_file = find_gguf(entry.resolved_path)
+        if gguf_file is not None:  # de-quantised once, then loaded from the cache
+            path = converted(gguf_file, cache_root(settings), where=f"model {entry.name!r}")
+        elif entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):
             # gptqmodel picks its int4 kernel for the device at load time: load in place.
             load_kwargs.setdefault("device_map", pick_device(opts.device))
         self.runtime = HFRuntime(
-            entry.resolved_path or entry.path or "",
+            path,
             device=opts.device,
             dtype=opts.dtype,
             trust_remote_code=opts.trust_remote_code,

@@ -140,10 +140,12 @@ def structured_outputs(constraint: Constraint | None) -> Any:
 class VLLMRuntime:
     """AsyncLLM on a background event loop, with the runtime contract of ChatLocal."""
 
-    def __init__(self, entry: ModelEntry, max_queue: int = 256) -> None:
+    def __init__(
+        self, entry: ModelEntry, max_queue: int = 256, overrides: dict[str, Any] | None = None
+    ) -> None:
         from transformers import AutoTokenizer
 
-        args = engine_args(entry)
+        args = {**engine_args(entry), **(overrides or {})}
         self.name = entry.name
         self.device = "cpu" if vllm_build() == "cpu" else "cuda"
         self.max_queue = max_queue
@@ -369,5 +371,12 @@ class VLLMEngine(LocalEngine):
         return "cuda", int(total * util)
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        from model_adapters.gguf import cache_root, converted, find_gguf, vllm_model_args
+
         super().__init__(entry, settings)
-        self.runtime = VLLMRuntime(entry, max_queue=entry.max_queue)
+        overrides = {}
+        gguf_file = find_gguf(entry.resolved_path)
+        if gguf_file is not None:  # the converted folder gives vLLM a tokenizer (or weights)
+            folder = converted(gguf_file, cache_root(settings), where=f"model {entry.name!r}")
+            overrides = vllm_model_args(gguf_file, folder)
+        self.runtime = VLLMRuntime(entry, max_queue=entry.max_queue, overrides=overrides)

@@ -1,0 +1,83 @@
+"""LangChain's standard integration suite on the real model (SmolLM2-135M-Instruct, GGUF)
+through ChatLocal and the transformers engine: the tests that xfail on random weights
+(tests/test_standard_local.py) run for real here."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from model_adapters.local_chat import ChatLocal
+
+pytestmark = pytest.mark.real_model
+
+# Greedy. Constrained output (forced tool calls, JSON) needs room until the other
+# helper's fix for short budgets lands (`]]]]` at max_tokens <= ~100).
+PARAMS = {"model": "smol", "temperature": 0, "max_tokens": 200}
+
+
+class TestSmolIntegration(ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _loaded(self, smol_engine) -> None:
+        """Load the shared weights before the first test (not inside its timing)."""
+
+    @property
+    def chat_model_class(self) -> type[ChatLocal]:
+        return ChatLocal
+
+    @property
+    def chat_model_params(self) -> dict:
+        return PARAMS
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    # Not the model's limit but ours: greedy SmolLM2 loops inside the string ("setup":
+    # "Situ pakai, sampu, sampu, ...") until the budget runs low, and then the grammar's
+    # forced close emits `]]]]...` instead of closing the string (seen at max_tokens=200:
+    # "Failed to parse Joke"). The constrained-decoding fix for short budgets is being
+    # made separately; non-strict so these turn into XPASS when it lands.
+    _JSON_CLOSE = "constrained decoding emits ]]]] at the budget's end (fix in progress)"
+    _SCHEMAS = [  # typeddict and json_schema pass (a different prompt: no loop)
+        pytest.param("pydantic", marks=pytest.mark.xfail(reason=_JSON_CLOSE, strict=False)),
+        "typeddict",
+        "json_schema",
+    ]
+
+    @pytest.mark.parametrize("schema_type", _SCHEMAS)
+    def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.parametrize("schema_type", _SCHEMAS)
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @pytest.mark.xfail(reason=_JSON_CLOSE, strict=False)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    # Shown here: with the tools in the system prompt (the GGUF template has none) and
+    # tool_choice="auto", SmolLM2-135M answers in prose instead of calling get_weather
+    # ("assert any(block['type'] == 'tool_call' ...)" fails). Forced calls work (above).
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    @pytest.mark.xfail(reason="SmolLM2-135M does not choose to call a tool on its own")
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
