@@ -39,6 +39,33 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     constraint: Constraint | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Sampling fields of the OpenAI/vLLM APIs (vLLM's meanings; the defaults change nothing).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: off; k: the chosen token's logprob and the top k
+    prompt_logprobs: int | None = None  # the same for each prompt token (echo)
+
+    def plain(self) -> bool:
+        """Whether the logits are used as they are (no penalty, bias or filter)."""
+        return not (
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+        )
+
+
+@dataclass
+class TokenLogprob:
+    """One token's log-probability and the `top` most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +77,8 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    logprobs: list[TokenLogprob] | None = None  # of the tokens this delta's text came from
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # once, first: the prompt's
 
 
 class StopMatcher:
@@ -99,20 +128,76 @@ class IncrementalDecoder:
         return ""
 
 
-def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
-    """Pick the next token from a 1-D logits tensor: greedy at temperature 0, else top-p."""
+def process_logits(
+    logits: Any, request: GenerationRequest, output_ids: list[int], prompt_ids: list[int]
+) -> Any:
+    """Logit bias and penalties (vLLM's definitions) applied to a 1-D logits tensor.
+
+    repetition_penalty: tokens seen in the prompt or output are divided by it when
+    positive, multiplied when negative; frequency/presence: subtracted per output count
+    and once per token present in the output.
+    """
+    import torch
+
+    scores = logits.float().clone()
+    if request.logit_bias:
+        ids = torch.tensor(list(request.logit_bias), device=scores.device)
+        scores[ids] += torch.tensor(list(request.logit_bias.values()), device=scores.device)
+    if request.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), device=scores.device)
+        if len(seen):
+            picked = scores[seen]
+            penalty = request.repetition_penalty
+            scores[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    if output_ids and (request.frequency_penalty or request.presence_penalty):
+        ids, counts = torch.unique(torch.tensor(output_ids), return_counts=True)
+        ids = ids.to(scores.device)
+        scores[ids] -= request.frequency_penalty * counts.to(scores.device).float()
+        scores[ids] -= request.presence_penalty
+    return scores
+
+
+def sample_next(
+    logits: Any,
+    temperature: float,
+    top_p: float,
+    generator: Any,
+    top_k: int = 0,
+    min_p: float = 0.0,
+) -> int:
+    """Pick the next token from a 1-D logits tensor: greedy at temperature 0, else sample
+    after the top-k, min-p and top-p filters."""
     import torch
 
     if temperature <= 0:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_k and top_k > 0 and top_k < probs.shape[-1]:
+        kth = torch.topk(probs, top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    if min_p > 0:
+        probs = torch.where(probs >= min_p * probs.max(), probs, torch.zeros_like(probs))
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs = sorted_probs / sorted_probs.sum()
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice].item())
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+
+
+def token_logprob(logits: Any, token: int, top: int) -> TokenLogprob:
+    """The chosen token's log-probability under the model's raw distribution (vLLM's
+    default "raw_logprobs": before penalties and filters) and the `top` best tokens."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logp, top)
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logp[token].item()), best)
 
 
 # --- bridging a worker thread to callers ---------------------------------------------

@@ -35,6 +35,7 @@ from model_adapters.generation import (
     GenerationRequest,
     QueueFullError,
     Sink,
+    TokenLogprob,
 )
 from model_adapters.hf_engine import EngineStats
 from model_adapters.local_chat import LocalEngine
@@ -113,7 +114,32 @@ def sampling_params(request: GenerationRequest, max_tokens: int) -> Any:
         stop=request.stop or None,
         output_kind=RequestOutputKind.DELTA,
         structured_outputs=structured_outputs(request.constraint),
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        top_k=request.top_k if request.top_k > 0 else 0,
+        min_p=request.min_p,
+        logit_bias=dict(request.logit_bias) or None,
+        logprobs=request.logprobs,
+        prompt_logprobs=request.prompt_logprobs,
     )
+
+
+def vllm_logprobs(logprobs: Any, token_ids: Any) -> list[TokenLogprob] | None:
+    """vLLM's per-token {id: Logprob} dicts -> TokenLogprobs (the chosen token first)."""
+    if logprobs is None:
+        return None
+    out = []
+    for token, ranked in zip(token_ids, logprobs, strict=False):
+        if ranked is None:
+            continue
+        chosen = ranked.get(token)
+        top = sorted(
+            ((t, lp.logprob) for t, lp in ranked.items() if lp.rank is not None),
+            key=lambda item: -item[1],
+        )
+        out.append(TokenLogprob(token, chosen.logprob if chosen else float("-inf"), top))
+    return out
 
 
 def structured_outputs(constraint: Constraint | None) -> Any:
@@ -238,6 +264,7 @@ class VLLMRuntime:
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         stream = self.engine.generate(prompt, sampling_params(request, budget), rid)
         finish = "length"
+        first = True
         async for out in stream:
             piece = out.outputs[0]
             self.stats.generated_tokens += len(piece.token_ids)
@@ -247,8 +274,15 @@ class VLLMRuntime:
             else:
                 text = guided.feed(list(piece.token_ids))
                 counts["produced"] = guided.produced
-            if text:
-                sink.put(Delta(text=text))
+            if first and out.prompt_logprobs is not None:
+                prompt = [None] + (
+                    vllm_logprobs(out.prompt_logprobs[1:], request.prompt_ids[1:]) or []
+                )
+                sink.put(Delta(prompt_logprobs=prompt))
+            first = False
+            logprobs = vllm_logprobs(piece.logprobs, piece.token_ids)
+            if text or logprobs:
+                sink.put(Delta(text=text, logprobs=logprobs))
             if piece.finish_reason:
                 finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
             if guided is not None and not guided.following:
