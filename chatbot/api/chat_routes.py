@@ -47,6 +47,7 @@ from chatbot.api.runs import (
     open_stream,
     outcome_of,
 )
+from chatbot.api.sampling import sampling_kwargs
 from chatbot.api.streaming import sse_response
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
@@ -140,8 +141,6 @@ def _sum_usage(usages: list[UsageInfo]) -> UsageInfo:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     state = app_state(request)
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server.", param="logprobs")
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
     name = default_name(body.model)
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -151,6 +150,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         name, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     )
     runnable, kwargs = bind_tools(model, body, name)
+    kwargs.update(sampling_kwargs(body.sampling(), model, name))
     stop = stop_list(body.stop)
     n = body.n or 1
     deadline = Deadline(state.settings.request_timeout)
@@ -177,6 +177,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             ChatCompletionChoice(
                 index=i,
                 message=message_to_openai(r.message),
+                logprobs=r.message.response_metadata.get("logprobs"),
                 finish_reason=finish_reason(r.raw_finish, has_calls),
             )
         )
@@ -203,8 +204,12 @@ async def _stream_chat(
     response_id = random_id("chatcmpl")
     created = int(time.time())
 
-    def frame(index: int, delta: DeltaMessage, finish: str | None = None) -> Any:
-        choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish)
+    def frame(
+        index: int, delta: DeltaMessage, finish: str | None = None, logprobs: Any = None
+    ) -> Any:
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=delta, finish_reason=finish, logprobs=logprobs
+        )
         return ChatCompletionStreamResponse(
             id=response_id, created=created, model=name, choices=[choice]
         )
@@ -242,7 +247,10 @@ async def _stream_chat(
                         chunk = as_chunk(out)
                         if chunk.response_metadata.get("sources") is not None:
                             yield ChatCompletionStreamResponse(  # RAG: sources first
-                                id=response_id, created=created, model=name, choices=[],
+                                id=response_id,
+                                created=created,
+                                model=name,
+                                choices=[],
                                 sources=chunk.response_metadata["sources"],
                             )
                         raw = raw_finish_reason(chunk) or raw
@@ -250,7 +258,13 @@ async def _stream_chat(
                             if isinstance(value, int):
                                 usage[key] = usage.get(key, 0) + value
                         delta = chunk_to_delta(chunk)
-                        if delta is not None:
+                        logprobs = chunk.response_metadata.get("logprobs")
+                        if delta is not None and logprobs:
+                            tracker.first_token()
+                            yield frame(index, delta, logprobs=logprobs)
+                        elif logprobs:  # tokens without text yet (part of a character)
+                            yield frame(index, DeltaMessage(content=""), logprobs=logprobs)
+                        elif delta is not None:
                             tracker.first_token()
                             has_calls = has_calls or bool(delta.tool_calls)
                             yield text_frame(index, delta)

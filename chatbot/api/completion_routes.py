@@ -43,6 +43,7 @@ from chatbot.api.runs import (
     open_stream,
     outcome_of,
 )
+from chatbot.api.sampling import sampling_kwargs
 from chatbot.api.streaming import sse_response
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
@@ -54,6 +55,35 @@ class _Piece:
     raw_finish: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Legacy logprobs: (token text, logprob or None, {token: logprob} or None) per token.
+    logprobs: list[tuple[str, float | None, dict[str, float] | None]] | None = None
+    is_prompt: bool = False  # echo with logprobs: the prompt's tokens
+
+
+def _legacy_entries(tokenizer: Any, entries: list[Any]) -> list[tuple]:
+    """TokenLogprobs -> legacy logprobs entries (token text, logprob, top)."""
+
+    def text(token_id: int) -> str:
+        return tokenizer.decode([token_id], skip_special_tokens=False)
+
+    return [(text(e.token_id), e.logprob, {text(t): lp for t, lp in e.top}) for e in entries]
+
+
+def _legacy_logprobs(entries: list[tuple] | None, offset: int) -> dict[str, Any] | None:
+    """OpenAI's legacy `logprobs` object; `offset`: where the text of the first token starts
+    in the choice's text."""
+    if entries is None:
+        return None
+    offsets = []
+    for token, _, _ in entries:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": [t for t, _, _ in entries],
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [top for _, _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def _is_local(model: Any) -> bool:
@@ -72,7 +102,9 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     return list(prompt)
 
 
-async def _raw_pieces(model: Any, prompt: str | list[int], stop: list[str] | None) -> Any:
+async def _raw_pieces(
+    model: Any, prompt: str | list[int], stop: list[str] | None, sampling: dict[str, Any]
+) -> Any:
     """Local model: generate straight from the prompt text, no chat template."""
     from model_adapters.generation import stream_async
     from model_adapters.prompting import encode
@@ -83,14 +115,27 @@ async def _raw_pieces(model: Any, prompt: str | list[int], stop: list[str] | Non
         raise bad_request("'prompt' must not be empty.", param="prompt")
     if min(ids) < 0 or max(ids) >= len(tokenizer):
         raise bad_request(f"'prompt' has token ids outside 0..{len(tokenizer) - 1}.", "prompt")
-    request = model.request_for_prompt(ids, stop)
+    request = model.request_for_prompt(ids, stop, **sampling)
     async for delta in stream_async(model.runtime.submit, request):
-        yield _Piece(delta.text, delta.finish_reason, delta.prompt_tokens, delta.completion_tokens)
+        if delta.prompt_logprobs is not None:
+            # The first prompt token has no logprob; its text is still a token.
+            first = [(tokenizer.decode(ids[:1], skip_special_tokens=False), None, None)]
+            entries = first + _legacy_entries(tokenizer, delta.prompt_logprobs[1:])
+            yield _Piece(logprobs=entries, is_prompt=True)
+            continue
+        entries = None
+        if request.logprobs is not None:
+            entries = _legacy_entries(tokenizer, delta.logprobs or [])
+        yield _Piece(
+            delta.text, delta.finish_reason, delta.prompt_tokens, delta.completion_tokens, entries
+        )
 
 
-async def _chat_pieces(runnable: Runnable, prompt: str, stop: list[str] | None) -> Any:
+async def _chat_pieces(
+    runnable: Runnable, prompt: str, stop: list[str] | None, sampling: dict[str, Any]
+) -> Any:
     """Other models: the prompt is one user message."""
-    async for out in open_stream(runnable, [HumanMessage(content=prompt)], stop, {}):
+    async for out in open_stream(runnable, [HumanMessage(content=prompt)], stop, sampling):
         chunk = as_chunk(out)
         usage = chunk.usage_metadata or {}
         yield _Piece(
@@ -113,8 +158,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     n = body.n or 1
     if body.suffix:
         raise bad_request("'suffix' is not supported by this server.", param="suffix")
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server.", param="logprobs")
     if body.best_of not in (None, 1, n):
         raise bad_request("'best_of' other than n is not supported.", param="best_of")
     prompts = _prompts(body.prompt)
@@ -123,6 +166,15 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     model = await resolve_chat_model(body.model, state.settings, **overrides)
     check_max_tokens(name, body.max_tokens)
     local = _is_local(model)
+    sampling = sampling_kwargs(body.sampling(), model, name)
+    if body.logprobs is not None:
+        if not local:
+            raise bad_request(
+                f"Model {name!r} does not support legacy 'logprobs'.", param="logprobs"
+            )
+        sampling["logprobs"] = body.logprobs
+        if body.echo:
+            sampling["prompt_logprobs"] = body.logprobs
     if not local and any(not isinstance(p, str) for p in prompts):
         raise bad_request(f"Model {name!r} takes text prompts, not token ids.", param="prompt")
     stop = stop_list(body.stop)
@@ -131,15 +183,16 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
     def pieces(prompt: str | list[int]) -> AsyncIterator[_Piece]:
         if local:
-            return _raw_pieces(model, prompt, stop)
-        return _chat_pieces(model, prompt, stop)  # type: ignore[arg-type]
+            return _raw_pieces(model, prompt, stop, sampling)
+        return _chat_pieces(model, prompt, stop, sampling)  # type: ignore[arg-type]
 
     jobs = [(i * n + j, p) for i, p in enumerate(prompts) for j in range(n)]
     echo = {index: _decode(model, p) if local else str(p) for index, p in jobs} if body.echo else {}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        logprobs_on = body.logprobs is not None
         return await _stream_completion(
-            jobs, pieces, echo, name, include_usage, deadline, tracker, n
+            jobs, pieces, echo, name, include_usage, deadline, tracker, n, logprobs_on
         )
 
     async def collect(prompt: str | list[int]) -> _Piece:
@@ -154,6 +207,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                 if piece.text:
                     tracker.first_token()
                 out.text += piece.text
+                if piece.logprobs is not None:
+                    out.logprobs = (out.logprobs or []) + piece.logprobs
                 out.raw_finish = piece.raw_finish or out.raw_finish
                 out.prompt_tokens = max(out.prompt_tokens, piece.prompt_tokens)
                 out.completion_tokens += piece.completion_tokens
@@ -173,6 +228,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         CompletionChoice(
             index=index,
             text=echo.get(index, "") + r.text,
+            logprobs=_legacy_logprobs(r.logprobs, 0),
             finish_reason=finish_reason(r.raw_finish, legacy=True),
         )
         for (index, _), r in zip(jobs, results, strict=True)
@@ -200,14 +256,17 @@ async def _stream_completion(
     deadline: Deadline,
     tracker: RequestTracker,
     n: int,
+    logprobs_on: bool = False,
 ) -> Any:
     first_stream = pieces(jobs[0][1])
     first: Any = await first_output(first_stream, deadline, tracker)
     response_id = random_id("cmpl")
     created = int(time.time())
 
-    def frame(index: int, text: str, finish: str | None = None) -> CompletionResponse:
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+    def frame(
+        index: int, text: str, finish: str | None = None, logprobs: Any = None
+    ) -> CompletionResponse:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)
         return CompletionResponse(id=response_id, created=created, model=name, choices=[choice])
 
     async def payloads() -> AsyncIterator[Any]:
@@ -218,8 +277,9 @@ async def _stream_completion(
                 stream = first_stream if position == 0 else pieces(prompt)
                 pending = [first] if position == 0 and first is not None else []
                 total = _Piece()
-                if echo.get(index):
-                    yield frame(index, echo[index])
+                offset = 0  # of the next token in the choice's text
+                if echo.get(index) and not logprobs_on:
+                    yield frame(index, echo[index])  # with logprobs: the prompt piece
                 try:
                     while True:
                         if pending:
@@ -232,7 +292,13 @@ async def _stream_completion(
                         total.raw_finish = piece.raw_finish or total.raw_finish
                         total.prompt_tokens = max(total.prompt_tokens, piece.prompt_tokens)
                         total.completion_tokens += piece.completion_tokens
-                        if piece.text:
+                        if piece.logprobs:
+                            text = echo.get(index, "") if piece.is_prompt else piece.text
+                            tracker.first_token()
+                            logprobs = _legacy_logprobs(piece.logprobs, offset)
+                            yield frame(index, text, logprobs=logprobs)
+                            offset += sum(len(t) for t, _, _ in piece.logprobs)
+                        elif piece.text:
                             tracker.first_token()
                             yield frame(index, piece.text)
                 finally:

@@ -111,6 +111,16 @@ class ChatCompletionRequest(OpenAIRequest):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # vLLM's extra sampling fields (chatbot.api.sampling says which model takes which).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling fields beyond temperature/top_p (see chatbot.api.sampling)."""
+        names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
+        values = {k: getattr(self, k) for k in (*names, "repetition_penalty")}
+        return {**values, "logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
 
 
 # --- chat completions: response ------------------------------------------------------
@@ -145,7 +155,7 @@ class ChatMessage(OpenAIResponse):
 class ChatCompletionChoice(OpenAIResponse):
     index: int
     message: ChatMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str
 
 
@@ -188,7 +198,7 @@ class DeltaMessage(OpenAIResponse):
 class ChatCompletionStreamChoice(OpenAIResponse):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 
@@ -219,18 +229,25 @@ class CompletionRequest(OpenAIRequest):
     seed: int | None = None
     echo: bool | None = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1)
     user: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    def sampling(self) -> dict[str, Any]:
+        names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
+        return {k: getattr(self, k) for k in (*names, "repetition_penalty")}
 
 
 class CompletionChoice(OpenAIResponse):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 
