@@ -22,6 +22,7 @@ from chatbot.api import admin, langserve_routes, openai_routes, ops
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
+from chatbot.api.responses.store import ResponseStore
 from chatbot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
         # a request for a model still loading waits for it.
         state.loader.start(show_progress=show_progress)
         yield
+        app.state.responses.close()
 
     app = FastAPI(
         title="chatbot",
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
         lifespan=lifespan,
     )
     app.state.chatbot = state
+    app.state.responses = ResponseStore(settings.data_dir / "responses.sqlite3")
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_routes.router)

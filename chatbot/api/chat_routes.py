@@ -261,6 +261,7 @@ async def _stream_chat(
                         logprobs = chunk.response_metadata.get("logprobs")
                         if delta is not None and logprobs:
                             tracker.first_token()
+                            has_calls = has_calls or bool(delta.tool_calls)
                             yield frame(index, delta, logprobs=logprobs)
                         elif logprobs:  # tokens without text yet (part of a character)
                             yield frame(index, DeltaMessage(content=""), logprobs=logprobs)

@@ -28,11 +28,13 @@ from chatbot.api.protocol import (
     ModelCard,
     ModelList,
 )
+from chatbot.api.responses import routes as responses_routes
 from chatbot.api.runs import Deadline, app_state, default_name, outcome_of
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 router.include_router(chat_routes.router)
 router.include_router(completion_routes.router)
+router.include_router(responses_routes.router)  # /v1/responses
 
 
 # --- /v1/models --------------------------------------------------------------------

@@ -1,0 +1,457 @@
+"""Responses API <-> the chat machinery. Pure functions and one builder, no I/O.
+
+In:  `chat_request(body, history)`: a ResponsesRequest (plus the stored conversation it
+     continues) -> the ChatCompletionRequest the chat route would get, and the
+     conversation (chat-format messages) to store with the answer.
+Out: `ResponseBuilder`: AIMessageChunks -> stream events and the response object (the
+     non-streamed answer is one chunk through the same builder).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.messages import AIMessageChunk
+
+from chatbot.api.convert import content_text, finish_reason, raw_finish_reason
+from chatbot.api.errors import bad_request
+from chatbot.api.protocol import ChatCompletionRequest
+from chatbot.api.responses.protocol import LOGPROBS_INCLUDE, ResponsesRequest
+
+ROLES = ("user", "system", "developer", "assistant")
+TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# --- in: input items -> chat messages ------------------------------------------------
+
+
+def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}' must be a string or an array of content parts.", where)
+    out: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        here = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in TEXT_PARTS:
+            text = part.get("text", part.get("refusal"))
+            if not isinstance(text, str):
+                raise bad_request(f"'{here}.text' must be a string.", f"{here}.text")
+            out.append({"type": "text", "text": text})
+        elif kind == "input_image" and role == "user":
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise bad_request(
+                    f"'{here}.image_url' is required (file ids are not supported).",
+                    f"{here}.image_url",
+                )
+            out.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise bad_request(
+                f"'{here}.type': content part {kind!r} is not supported here.", f"{here}.type"
+            )
+    if role != "user":  # system/developer/assistant take text only
+        return "".join(p["text"] for p in out)
+    return out
+
+
+def _output_text(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return str(_parts(value, where, "tool"))
+    raise bad_request(f"'{where}' must be a string or an array of content parts.", where)
+
+
+def _required(item: Mapping[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"'{where}.{key}' is required.", f"{where}.{key}")
+    return value
+
+
+def input_messages(items: str | list[Any], where: str = "input") -> list[dict[str, Any]]:
+    """Input items (or a stored response's output items) -> chat-format messages."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        here = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise bad_request(f"'{here}' must be an object.", here)
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role not in ROLES:
+                raise bad_request(
+                    f"Invalid value for '{here}.role': {role!r} (one of {', '.join(ROLES)}).",
+                    f"{here}.role",
+                )
+            content = _parts(item.get("content"), f"{here}.content", role)
+            out.append({"role": role, "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": _required(item, "call_id", here),
+                "type": "function",
+                "function": {
+                    "name": _required(item, "name", here),
+                    "arguments": item.get("arguments") or "{}",
+                },
+            }
+            if out and out[-1]["role"] == "assistant":  # one assistant turn: text + calls
+                out[-1].setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": _required(item, "call_id", here),
+                    "content": _output_text(item.get("output"), f"{here}.output"),
+                }
+            )
+        else:
+            raise bad_request(
+                f"'{here}.type': input item type {kind!r} is not supported here "
+                "(message, function_call, function_call_output).",
+                f"{here}.type",
+                code="unsupported_parameter",
+            )
+    return out
+
+
+def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    out = []
+    for i, tool in enumerate(tools):
+        kind = tool.get("type")
+        if kind != "function":
+            raise bad_request(
+                f"'tools[{i}].type': tool type {kind!r} is not supported here (built-in tools "
+                "such as web search and file search are not; function tools are).",
+                f"tools[{i}].type",
+                code="unsupported_parameter",
+            )
+        function = {"name": _required(tool, "name", f"tools[{i}]")}
+        for key in ("description", "parameters", "strict"):
+            if tool.get(key) is not None:
+                function[key] = tool[key]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if choice is None or choice in ("none", "auto", "required"):
+        return choice
+    if isinstance(choice, Mapping) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": _required(choice, "name", "tool_choice")}}
+    raise bad_request(
+        f"'tool_choice' {choice!r} is not supported here ('none', 'auto', 'required' or "
+        "{'type': 'function', 'name': ...}).",
+        "tool_choice",
+        code="unsupported_parameter",
+    )
+
+
+def chat_response_format(body: ResponsesRequest) -> dict[str, Any] | None:
+    fmt = body.text.format if body.text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.schema_ is None or not fmt.name:
+        raise bad_request(
+            "'text.format' of type 'json_schema' needs 'name' and 'schema'.", "text.format.schema"
+        )
+    schema = {"name": fmt.name, "schema": fmt.schema_}
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def wants_logprobs(body: ResponsesRequest) -> bool:
+    return LOGPROBS_INCLUDE in (body.include or []) or bool(body.top_logprobs)
+
+
+def chat_request(
+    body: ResponsesRequest, history: list[dict[str, Any]]
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]]]:
+    """The chat request for `body`, and the conversation to store (without instructions)."""
+    conversation = history + (input_messages(body.input) if body.input is not None else [])
+    if not conversation:
+        raise bad_request("'input' must not be empty.", param="input")
+    messages = conversation
+    if body.instructions:
+        messages = [{"role": "system", "content": body.instructions}, *conversation]
+    fields: dict[str, Any] = {
+        "model": body.model,
+        "messages": messages,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "max_completion_tokens": body.max_output_tokens,
+        "tools": chat_tools(body.tools),
+        "tool_choice": chat_tool_choice(body.tool_choice),
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "response_format": chat_response_format(body),
+        "seed": body.seed,
+        "user": body.user,
+    }
+    for name in ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p"):
+        fields[name] = getattr(body, name)
+    fields["repetition_penalty"] = body.repetition_penalty
+    if wants_logprobs(body):
+        fields["logprobs"] = True
+        fields["top_logprobs"] = body.top_logprobs or 0
+    chat = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    return chat, conversation
+
+
+# --- out: chunks -> events and the response object -------------------------------------
+
+
+def _delta_logprobs(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat logprobs -> the stream events' ResponseLogProb (no bytes)."""
+    return [
+        {
+            "token": i["token"],
+            "logprob": i["logprob"],
+            "top_logprobs": [
+                {"token": t["token"], "logprob": t["logprob"]} for t in i.get("top_logprobs", [])
+            ],
+        }
+        for i in items
+    ]
+
+
+class ResponseBuilder:
+    """Builds one response from the chat model's chunks, item by item, with the stream
+    events in the documented order (created, in_progress, output_item.added,
+    content_part.added, output_text.delta..., ..., completed)."""
+
+    def __init__(self, body: ResponsesRequest, name: str) -> None:
+        self.body = body
+        self.name = name
+        self.id = _id("resp")
+        self.created_at = int(time.time())
+        self.output: list[dict[str, Any]] = []
+        self.seq = 0
+        self._text: dict[str, Any] | None = None  # the open message item
+        self._call: dict[str, Any] | None = None  # the open function_call item
+        self._calls: dict[int, dict[str, Any]] = {}  # by tool-call chunk index
+        self._tokens = [0, 0]
+        self._raw_finish: str | None = None
+        self.status = "in_progress"
+
+    # --- the response object -------------------------------------------------------
+
+    def response(self) -> dict[str, Any]:
+        body = self.body
+        done = self.status != "in_progress"
+        fmt = body.text.format if body.text and body.text.format else None
+        usage = None
+        if done:
+            prompt, completion = self._tokens
+            usage = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            }
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": self.status,
+            "completed_at": int(time.time()) if done else None,
+            "error": None,
+            "incomplete_details": (
+                {"reason": "max_output_tokens"} if self.status == "incomplete" else None
+            ),
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "model": self.name,
+            "output": self.output if done else [],
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": body.previous_response_id,
+            "reasoning": {"effort": None, "summary": None},
+            "store": body.store is not False,
+            "temperature": body.temperature,
+            "text": {
+                "format": fmt.model_dump(by_alias=True, exclude_none=True)
+                if fmt
+                else {"type": "text"}
+            },
+            "tool_choice": body.tool_choice or "auto",
+            "tools": [
+                {"type": "function", "strict": t.get("strict"), "parameters": None, **t}
+                for t in body.tools or []
+            ],
+            "top_logprobs": body.top_logprobs,
+            "top_p": body.top_p,
+            "truncation": "disabled",
+            **({"usage": usage} if usage else {}),  # the spec has no null usage
+            "metadata": body.metadata or {},
+            **({"user": body.user} if body.user else {}),
+        }
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, **fields, "sequence_number": self.seq}
+        self.seq += 1
+        return event
+
+    def start(self) -> list[dict[str, Any]]:
+        snapshot = self.response()
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    # --- items -------------------------------------------------------------------
+
+    def _open_text(self) -> list[dict[str, Any]]:
+        item = {"id": _id("msg"), "type": "message", "role": "assistant", "status": "in_progress"}
+        self._text = {**item, "content": []}
+        self.output.append(self._text)
+        index = len(self.output) - 1
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        self._text["content"].append(part)
+        return [
+            self._event(
+                "response.output_item.added", output_index=index, item={**item, "content": []}
+            ),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=dict(part, logprobs=[]),
+            ),
+        ]
+
+    def _close_text(self, status: str = "completed") -> list[dict[str, Any]]:
+        item, self._text = self._text, None
+        if item is None:
+            return []
+        index = self.output.index(item)
+        part = item["content"][0]
+        item["status"] = status
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                logprobs=_delta_logprobs(part["logprobs"]),
+            ),
+            self._event(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            ),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _close_call(self) -> list[dict[str, Any]]:
+        item, self._call = self._call, None
+        if item is None:
+            return []
+        index = self.output.index(item)
+        item["status"] = "completed"
+        return [
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            ),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def feed(self, chunk: AIMessageChunk) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        usage = chunk.usage_metadata or {}
+        self._tokens[0] += int(usage.get("input_tokens") or 0)
+        self._tokens[1] += int(usage.get("output_tokens") or 0)
+        self._raw_finish = raw_finish_reason(chunk) or self._raw_finish
+        text = content_text(chunk.content)
+        logprobs = (chunk.response_metadata.get("logprobs") or {}).get("content") or []
+        if text or logprobs:
+            if self._text is None:
+                events += self._close_call()
+                events += self._open_text()
+            part = self._text["content"][0]  # type: ignore[index]
+            part["text"] += text
+            part["logprobs"] += logprobs
+            events.append(
+                self._event(
+                    "response.output_text.delta",
+                    item_id=self._text["id"],  # type: ignore[index]
+                    output_index=len(self.output) - 1,
+                    content_index=0,
+                    delta=text,
+                    logprobs=_delta_logprobs(logprobs),
+                )
+            )
+        for position, tc in enumerate(chunk.tool_call_chunks):
+            index = tc.get("index")
+            index = index if isinstance(index, int) else position
+            item = self._calls.get(index)
+            if item is None:
+                events += self._close_text()
+                events += self._close_call()
+                item = {
+                    "id": _id("fc"),
+                    "type": "function_call",
+                    "status": "in_progress",
+                    "call_id": tc.get("id") or _id("call"),
+                    "name": tc.get("name") or "",
+                    "arguments": "",
+                }
+                self._calls[index] = self._call = item
+                self.output.append(item)
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        output_index=len(self.output) - 1,
+                        item=dict(item),
+                    )
+                )
+            args = tc.get("args") or ""
+            if args:
+                item["arguments"] += args
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=self.output.index(item),
+                        delta=args,
+                    )
+                )
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close the open items; the last event carries the whole response."""
+        reason = finish_reason(self._raw_finish, bool(self._calls))
+        self.status = "incomplete" if reason == "length" else "completed"
+        events = self._close_text("incomplete" if reason == "length" else "completed")
+        events += self._close_call()
+        kind = "response.incomplete" if self.status == "incomplete" else "response.completed"
+        events.append(self._event(kind, response=self.response()))
+        return events
+
+    def error_event(self, code: str | None, message: str, param: str | None) -> dict[str, Any]:
+        return self._event("error", code=code, message=message, param=param)
