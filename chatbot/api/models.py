@@ -258,7 +258,9 @@ def chat_runnable(name: str) -> Runnable:
             log.error("model %s failed to load: %s", name, exc, exc_info=exc)
             raise model_unavailable(name, f"it failed to load ({exc})") from exc
 
-    return RunnableLambda(build, name=name).with_types(input_type=ChatInput, output_type=AIMessage)
+    return RunnableLambda(build, name=name).with_types(
+        input_type=ChatInput, output_type=AIMessage
+    )
 
 
 # --- start-up loading --------------------------------------------------------------
