@@ -77,6 +77,7 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    stop_sequence: str | None = None  # the stop string that ended the output, if one did
     logprobs: list[TokenLogprob] | None = None  # of the tokens this delta's text came from
     prompt_logprobs: list[TokenLogprob | None] | None = None  # once, first: the prompt's
 
@@ -88,6 +89,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.buffer = ""
+        self.matched: str | None = None  # the stop string found
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit now, whether a stop string was hit)."""
@@ -95,9 +97,10 @@ class StopMatcher:
         if not self.stops:
             out, self.buffer = self.buffer, ""
             return out, False
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.buffer.find(s)) >= 0]
         if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
+            at, self.matched = min(hits)
+            out, self.buffer = self.buffer[:at], ""
             return out, True
         cut = max(0, len(self.buffer) - self.hold)
         out, self.buffer = self.buffer[:cut], self.buffer[cut:]

@@ -371,6 +371,7 @@ class HFRuntime:
                     prompt_tokens=len(row.request.prompt_ids),
                     completion_tokens=row.produced,
                     logprobs=_take_logprobs(row),
+                    stop_sequence=row.stops.matched if row.finish == "stop_string" else None,
                 )
             )
         batch.keep(keep)

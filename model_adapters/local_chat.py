@@ -330,6 +330,8 @@ class _Output:
         if finish == "stop" and self.parsed is not None and self.parsed.tool_calls:
             finish = "tool_calls"
         info = {"finish_reason": finish, "model_name": self.model}
+        if delta.stop_sequence:
+            info["stop_sequence"] = delta.stop_sequence
         message = AIMessageChunk(
             content=text,
             tool_call_chunks=calls,

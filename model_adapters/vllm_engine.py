@@ -247,6 +247,7 @@ class VLLMRuntime:
                 finish_reason=finish,
                 prompt_tokens=prompt_len,
                 completion_tokens=counts["produced"],
+                stop_sequence=counts.get("stop_sequence"),
             )
         )
 
@@ -285,6 +286,8 @@ class VLLMRuntime:
                 sink.put(Delta(text=text, logprobs=logprobs))
             if piece.finish_reason:
                 finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
+                if isinstance(piece.stop_reason, str):  # the stop string that matched
+                    counts["stop_sequence"] = piece.stop_reason
             if guided is not None and not guided.following:
                 break
         if guided is None:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 
 from chatbot import factory
 from chatbot.api import chat_routes, completion_routes
+from chatbot.api.anthropic import routes as anthropic_routes
 from chatbot.api.errors import APIError, bad_request, model_not_found
 from chatbot.api.models import model_card, resolve_embeddings
 from chatbot.api.protocol import (
@@ -35,6 +36,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 router.include_router(chat_routes.router)
 router.include_router(completion_routes.router)
 router.include_router(responses_routes.router)  # /v1/responses
+router.include_router(anthropic_routes.router)  # /v1/messages (Anthropic)
 
 
 # --- /v1/models --------------------------------------------------------------------

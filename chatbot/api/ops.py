@@ -229,7 +229,8 @@ class BodySizeLimitMiddleware:
 
 class APIKeyMiddleware:
     """When keys are configured, every path except the public ones needs
-    `Authorization: Bearer <key>`. Keys are compared in constant time."""
+    `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`). Keys are compared
+    in constant time."""
 
     def __init__(self, app: ASGIApp, keys: list[str], public_paths: frozenset[str]) -> None:
         self.app = app
@@ -249,6 +250,9 @@ class APIKeyMiddleware:
             return
         header = _header(scope, b"authorization") or ""
         scheme, _, token = header.partition(" ")
+        api_key = _header(scope, b"x-api-key")  # Anthropic's clients send the key so
+        if api_key and not header:
+            scheme, token = "bearer", api_key
         if scheme.lower() != "bearer" or not token.strip():
             api = APIError(
                 401,
@@ -267,6 +271,11 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         log.info("rejected: %s", api.message)
+        if str(scope.get("path", "")).startswith("/v1/messages"):  # Anthropic's error JSON
+            from chatbot.api.anthropic.protocol import error_response
+
+            await error_response(api)({"type": "http"}, _no_receive, send)
+            return
         await _send_error(send, api)
 
 
