@@ -12,8 +12,9 @@ agents = pytest.importorskip("agents")
 
 
 async def test_agent_runs_one_tool_turn(server_url):
-    import chatbot
     from openai import AsyncOpenAI
+
+    import chatbot
 
     agents.set_tracing_disabled(True)
     calls: list[str] = []

@@ -95,7 +95,11 @@ def test_unknown_route_and_method(http):
             {"model": "tiny", "messages": [{"role": "tool", "content": "x"}]},
             "messages[0].tool_call_id",
         ),
-        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "logprobs": True}, "logprobs"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": HELLO, "top_logprobs": 2},
+            "top_logprobs",
+        ),
         (
             "/v1/chat/completions",
             {"model": "tiny", "messages": HELLO, "tool_choice": "required"},
@@ -111,7 +115,7 @@ def test_unknown_route_and_method(http):
         ("/v1/completions", {"model": "tiny", "prompt": ""}, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": [99999999]}, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "suffix": "y"}, "suffix"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 2}, "logprobs"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 21}, "logprobs"),
         ("/v1/embeddings", {"model": "minilm", "input": []}, "input"),
         ("/v1/embeddings", {"model": "minilm", "input": [1, 2, 3]}, "input"),
         ("/v1/embeddings", {"model": "minilm", "input": "x", "encoding_format": "hex"}, "encoding_format"),
