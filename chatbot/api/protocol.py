@@ -39,6 +39,35 @@ class OpenAIResponse(BaseModel):
         return data
 
 
+# vLLM's other sampling fields: known, not served. Unknown fields are ignored (as vLLM
+# does); these would change the output, so asking for them is a 400, never dropped.
+UNSUPPORTED_SAMPLING = (
+    "min_tokens",
+    "typical_p",
+    "use_beam_search",
+    "length_penalty",
+    "ignore_eos",
+    "stop_token_ids",
+    "bad_words",
+    "allowed_token_ids",
+    "include_stop_str_in_output",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+)
+
+
+def refuse_unsupported(body: BaseModel) -> None:
+    from chatbot.api.errors import bad_request
+
+    for name in UNSUPPORTED_SAMPLING:
+        if (body.model_extra or {}).get(name) not in (None, False, [], 0):
+            raise bad_request(
+                f"{name!r} is not supported by this server.",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
 # --- chat completions: request -------------------------------------------------------
 
 
@@ -118,6 +147,7 @@ class ChatCompletionRequest(OpenAIRequest):
 
     def sampling(self) -> dict[str, Any]:
         """The sampling fields beyond temperature/top_p (see chatbot.api.sampling)."""
+        refuse_unsupported(self)
         names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
         values = {k: getattr(self, k) for k in (*names, "repetition_penalty")}
         return {**values, "logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
@@ -240,6 +270,7 @@ class CompletionRequest(OpenAIRequest):
     repetition_penalty: float | None = Field(None, gt=0)
 
     def sampling(self) -> dict[str, Any]:
+        refuse_unsupported(self)
         names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
         return {k: getattr(self, k) for k in (*names, "repetition_penalty")}
 
