@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 
 from chatbot.api.chat_run import invoke_chat, open_chat_stream, prepare_chat
 from chatbot.api.errors import APIError
-from chatbot.api.responses.convert import ResponseBuilder, chat_request, input_messages
+from chatbot.api.responses.builder import ResponseBuilder
+from chatbot.api.responses.convert import chat_request, input_messages
 from chatbot.api.responses.protocol import ResponsesRequest, check_supported, not_found
 from chatbot.api.responses.store import ResponseStore
 from chatbot.api.runs import app_state
