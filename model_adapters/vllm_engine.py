@@ -117,7 +117,7 @@ def sampling_params(request: GenerationRequest, max_tokens: int) -> Any:
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         repetition_penalty=request.repetition_penalty,
-        top_k=request.top_k if request.top_k > 0 else 0,
+        top_k=request.top_k if request.top_k > 0 else -1,  # -1: off in every vLLM version
         min_p=request.min_p,
         logit_bias=dict(request.logit_bias) or None,
         logprobs=request.logprobs,
