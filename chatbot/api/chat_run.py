@@ -8,7 +8,9 @@ they translate their request into a `ChatCompletionRequest`, then
 
 so model resolution, tools, structured output, sampling fields, limits, the deadline,
 metrics and cancellation (closing the stream cancels the generation) are the chat
-route's own. Usage is counted and the request's outcome recorded here.
+route's own (chatbot.api.openai: bind_tools, the request model's overrides, the
+serving path's Deadline, first_output, aclose_stream). Usage is counted and the
+request's outcome recorded here.
 """
 
 from __future__ import annotations
@@ -20,20 +22,12 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import Runnable
 
-from chatbot.api.chat_routes import bind_tools
-from chatbot.api.convert import as_chunk, stop_list, to_langchain_messages
 from chatbot.api.metrics import RequestTracker
 from chatbot.api.models import check_max_tokens, resolve_chat_model
-from chatbot.api.protocol import ChatCompletionRequest
-from chatbot.api.runs import (
-    Deadline,
-    aclose_stream,
-    default_name,
-    first_output,
-    generation_overrides,
-    open_stream,
-    outcome_of,
-)
+from chatbot.api.openai.chat import bind_tools
+from chatbot.api.openai.convert import as_chunk, to_langchain_messages
+from chatbot.api.openai.protocol import ChatCompletionRequest
+from chatbot.api.openai.serving import Deadline, aclose_stream, first_output, outcome_of
 from chatbot.api.sampling import sampling_kwargs
 
 
@@ -57,16 +51,17 @@ async def prepare_chat(
     """Everything the chat route checks before it runs: 4xx errors are raised here.
     `max_tokens_param`: the caller's name for the token limit, for its 400."""
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
-    name = default_name(body.model)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    overrides = generation_overrides(body.temperature, body.top_p, max_tokens, body.seed)
-    model = await resolve_chat_model(body.model, state.settings, **overrides)
-    check_max_tokens(name, max_tokens, max_tokens_param)
+    name = state.catalog.default_name(body.model)
+    overrides = body.generation_overrides()
+    model = await resolve_chat_model(state.catalog, body.model, **overrides)
+    check_max_tokens(state.catalog, name, overrides.get("max_tokens"), max_tokens_param)
     runnable, kwargs = bind_tools(model, body, name)
     kwargs.update(sampling_kwargs(body.sampling(), model, name))
     deadline = Deadline(state.settings.request_timeout)
     tracker = state.metrics.track(name, endpoint)
-    return ChatRun(runnable, messages, stop_list(body.stop), kwargs, name, deadline, tracker, model)
+    return ChatRun(
+        runnable, messages, body.stop_sequences(), kwargs, name, deadline, tracker, model
+    )
 
 
 def _count(run: ChatRun, message: AIMessageChunk) -> None:
@@ -131,6 +126,7 @@ class ChatStream:
 
 
 async def open_chat_stream(run: ChatRun) -> ChatStream:
-    stream = open_stream(run.runnable, run.messages, run.stop, run.kwargs)
+    kwargs = run.kwargs if run.stop is None else {**run.kwargs, "stop": run.stop}
+    stream = run.runnable.astream(run.messages, **kwargs)
     first = await first_output(stream, run.deadline, run.tracker)
     return ChatStream(run, stream, first)

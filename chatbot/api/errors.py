@@ -19,10 +19,16 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_adapters.generation import ContextLengthError, QueueFullError
+from chatbot.errors import (
+    AllReplicasFailed,
+    ContextLengthError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PoolBusyError,
+    QueueFullError,
+    StreamInterrupted,
+)
 from model_adapters.messages import UnsupportedContentError
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import StreamInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +159,12 @@ _CLIENT_FAULT = frozenset({400, 409, 413, 422})
 def from_upstream(exc: BaseException) -> APIError | None:
     """Errors of remote providers and the router -> 4xx passthrough or 502/503/504."""
     if isinstance(exc, AllReplicasFailed):
-        return APIError(503, f"No upstream could answer: {exc}", code="upstream_unavailable",
-                        headers={"Retry-After": "5"})
+        return APIError(
+            503,
+            f"No upstream could answer: {exc}",
+            code="upstream_unavailable",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, StreamInterrupted):
         return APIError(502, str(exc), code="upstream_error")
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
@@ -167,15 +177,21 @@ def from_upstream(exc: BaseException) -> APIError | None:
             return APIError(status, message, code="upstream_rejected")
         if status == 429:
             retry = exc.response.headers.get("retry-after", "1")
-            return APIError(429, f"The upstream provider is rate limiting: {message}",
-                            code="rate_limit_exceeded", headers={"Retry-After": retry})
+            return APIError(
+                429,
+                f"The upstream provider is rate limiting: {message}",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry},
+            )
         if status in (408, 504):
             return APIError(504, "The upstream provider timed out.", code="timeout")
         if status == 503:
-            return APIError(503, f"The upstream provider is unavailable: {message}",
-                            code="upstream_unavailable")
-        return APIError(502, f"The upstream provider failed ({status}): {message}",
-                        code="upstream_error")
+            return APIError(
+                503, f"The upstream provider is unavailable: {message}", code="upstream_unavailable"
+            )
+        return APIError(
+            502, f"The upstream provider failed ({status}): {message}", code="upstream_error"
+        )
     return None
 
 
@@ -195,6 +211,15 @@ def from_exception(exc: BaseException) -> APIError:
     """Map any exception to the APIError the client should see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, ModelNotFoundError):
+        if exc.message:
+            return APIError(404, exc.message, param="model", code="model_not_found")
+        kind = "embeddings model" if exc.kind == "embeddings" else "model"
+        return model_not_found(exc.name, kind)
+    if isinstance(exc, ModelLoadError):
+        return model_unavailable(exc.name, exc.reason)
+    if isinstance(exc, PoolBusyError):
+        return APIError(503, str(exc), code="pool_busy", headers={"Retry-After": "5"})
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), param="messages", code=ContextLengthError.code)
     if isinstance(exc, QueueFullError):

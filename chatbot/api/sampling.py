@@ -23,7 +23,7 @@ def _kind(model: Any) -> str:
     from langchain_openai.chat_models.base import BaseChatOpenAI
 
     from model_adapters.local_chat import ChatLocal
-    from model_adapters.router_chat import ChatRouter
+    from model_adapters.router.chat import ChatRouter
 
     while isinstance(model, RunnableBinding):
         model = model.bound

@@ -16,9 +16,9 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk
 
 from chatbot.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from chatbot.api.convert import content_text, finish_reason, raw_finish_reason
 from chatbot.api.errors import bad_request
-from chatbot.api.protocol import ChatCompletionRequest
+from chatbot.api.openai.convert import content_text, finish_reason, raw_finish_reason
+from chatbot.api.openai.protocol import ChatCompletionRequest
 
 # --- in ---------------------------------------------------------------------------------
 

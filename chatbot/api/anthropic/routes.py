@@ -28,11 +28,11 @@ from chatbot.api.anthropic.protocol import (
     error_response,
 )
 from chatbot.api.chat_run import invoke_chat, open_chat_stream, prepare_chat
-from chatbot.api.convert import to_langchain_messages
 from chatbot.api.errors import APIError, bad_request, from_exception, log_error
 from chatbot.api.models import resolve_chat_model
-from chatbot.api.runs import app_state
-from chatbot.api.streaming import typed_sse_response
+from chatbot.api.openai.convert import to_langchain_messages
+from chatbot.api.openai.serving import app_state
+from chatbot.api.sse import typed_sse_response
 
 router = APIRouter(tags=["anthropic"])  # included under /v1
 
@@ -83,7 +83,7 @@ async def count_tokens(request: Request) -> Any:
     try:
         body: CountTokensRequest = await _body(request, CountTokensRequest)
         state = app_state(request)
-        model = await resolve_chat_model(body.model, state.settings)
+        model = await resolve_chat_model(state.catalog, body.model)
         messages = to_langchain_messages(chat_messages(body))
         tools = chat_tools(body)
         prompt_ids = getattr(model, "prompt_ids", None)

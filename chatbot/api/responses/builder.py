@@ -10,7 +10,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessageChunk
 
-from chatbot.api.convert import content_text, finish_reason, raw_finish_reason
+from chatbot.api.openai.convert import content_text, finish_reason, raw_finish_reason
 from chatbot.api.responses.protocol import ResponsesRequest
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatbot.api.errors import bad_request
-from chatbot.api.protocol import ChatCompletionRequest
+from chatbot.api.openai.protocol import ChatCompletionRequest
 from chatbot.api.responses.protocol import LOGPROBS_INCLUDE, ResponsesRequest
 
 ROLES = ("user", "system", "developer", "assistant")

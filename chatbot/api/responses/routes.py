@@ -15,12 +15,12 @@ from fastapi.responses import JSONResponse
 
 from chatbot.api.chat_run import invoke_chat, open_chat_stream, prepare_chat
 from chatbot.api.errors import APIError
+from chatbot.api.openai.serving import app_state
 from chatbot.api.responses.builder import ResponseBuilder
 from chatbot.api.responses.convert import chat_request, input_messages
 from chatbot.api.responses.protocol import ResponsesRequest, check_supported, not_found
 from chatbot.api.responses.store import ResponseStore
-from chatbot.api.runs import app_state
-from chatbot.api.streaming import typed_sse_response
+from chatbot.api.sse import typed_sse_response
 
 router = APIRouter(tags=["responses"])  # included under /v1
 
