@@ -195,8 +195,10 @@ class ChatLocal(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         """Generate straight from a raw prompt: the same chunks (usage, finish reason)
         as `astream` gives for messages."""
-        request = self.request_for_prompt(self.encode_prompt(prompt), stop, **kwargs)
-        async for chunk in self._run_async(request, _Output(self.model, None), None):
+        ids = self.encode_prompt(prompt)
+        request = self.request_for_prompt(ids, stop, **kwargs)
+        output = _Output(self.model, None, self.runtime.tokenizer, prompt_ids=ids)
+        async for chunk in self._run_async(request, output, None):
             yield chunk.message  # type: ignore[misc]
 
     # --- generation: _stream and _astream share _Output, _generate reuses them -------
@@ -328,13 +330,22 @@ def chat_logprobs(tokenizer: Any, entries: list[Any]) -> list[dict[str, Any]]:
 class _Output:
     """Runtime deltas -> message chunks for one request; tool calls parsed as they stream."""
 
-    def __init__(self, model: str, parser: ToolCallParser | None, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        parser: ToolCallParser | None,
+        tokenizer: Any = None,
+        prompt_ids: list[int] | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.prompt_ids = prompt_ids  # a raw prompt's ids: its first token has no logprob
         self.stream = ToolCallStream(parser) if parser else None
         self.parsed: ParsedOutput | None = None
 
     def chunks(self, delta: Delta) -> list[ChatGenerationChunk]:
+        if delta.prompt_logprobs is not None:  # echo: the prompt's tokens, once, first
+            return [ChatGenerationChunk(message=self._prompt_logprobs(delta.prompt_logprobs))]
         text, calls = delta.text, []
         if self.stream is not None:
             text, calls = self.stream.feed(delta.text)
@@ -370,6 +381,18 @@ class _Output:
             chunk_position="last",
         )
         return [ChatGenerationChunk(message=message, generation_info=info)]
+
+    def _prompt_logprobs(self, entries: list[Any]) -> AIMessageChunk:
+        """`response_metadata["prompt_logprobs"]`: chat logprobs items of the prompt's
+        tokens; the first token's logprob is None."""
+        first_ids = (self.prompt_ids or [])[:1]
+        first = [
+            {"token": self.tokenizer.decode(first_ids, skip_special_tokens=False)}
+            | {"logprob": None, "bytes": None, "top_logprobs": []}
+        ]
+        rest = chat_logprobs(self.tokenizer, [e for e in entries[1:] if e is not None])
+        meta = {"prompt_logprobs": {"content": (first if first_ids else []) + rest}}
+        return AIMessageChunk(content="", response_metadata=meta)
 
     def result(self, chunks: list[ChatGenerationChunk]) -> ChatResult:
         merged = chunks[0]

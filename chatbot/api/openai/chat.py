@@ -33,6 +33,7 @@ from chatbot.api.openai.protocol import (
     random_id,
 )
 from chatbot.api.openai.serving import Choice, Deadline, Job, Serving, app_state, serve
+from chatbot.api.sampling import sampling_kwargs
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
 
@@ -98,8 +99,12 @@ class ChatWire:
         self.created = int(time.time())
         self.head = stream_chunk_head(self.id, self.created, name)
 
-    def _frame(self, index: int, delta: DeltaMessage, finish: str | None = None) -> Any:
-        choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish)
+    def _frame(
+        self, index: int, delta: DeltaMessage, finish: str | None = None, logprobs: Any = None
+    ) -> Any:
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=delta, finish_reason=finish, logprobs=logprobs
+        )
         return ChatCompletionStreamResponse(
             id=self.id, created=self.created, model=self.name, choices=[choice]
         )
@@ -117,6 +122,10 @@ class ChatWire:
                 )
             )
         delta = chunk_to_delta(chunk)
+        logprobs = chunk.response_metadata.get("logprobs")
+        if logprobs:  # tokens without text yet (part of a character) still get a frame
+            out.append(self._frame(job.index, delta or DeltaMessage(content=""), None, logprobs))
+            return out
         if delta is None:
             return out
         if delta.tool_calls is not None or delta.role is not None or delta.content is None:
@@ -144,6 +153,7 @@ class ChatWire:
                 ChatCompletionChoice(
                     index=c.index,
                     message=message_to_openai(message),
+                    logprobs={"content": c.logprobs} if c.logprobs is not None else None,
                     finish_reason=finish_reason(c.raw_finish, c.has_tool_calls),
                 )
             )
@@ -157,14 +167,13 @@ class ChatWire:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     state = app_state(request)
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server.", param="logprobs")
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
     name = state.catalog.default_name(body.model)
     overrides = body.generation_overrides()
     model = await resolve_chat_model(state.catalog, body.model, **overrides)
     check_max_tokens(state.catalog, name, overrides.get("max_tokens"), body.max_tokens_param)
     runnable, kwargs = bind_tools(model, body, name)
+    kwargs.update(sampling_kwargs(body.sampling(), model, name))
     stop = body.stop_sequences()
     if stop is not None:
         kwargs["stop"] = stop

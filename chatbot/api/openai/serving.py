@@ -137,6 +137,10 @@ class Choice:
     has_tool_calls: bool
     usage: dict[str, int]
     message: AIMessageChunk | None = None
+    # Token logprobs (OpenAI chat `logprobs.content` items), when asked for; for a raw
+    # prompt with echo also the prompt's (`prompt_logprobs`).
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -147,8 +151,15 @@ class _Tally:
     raw_finish: str | None = None
     has_tool_calls: bool = False
     usage: dict[str, int] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None
 
     def add(self, chunk: AIMessageChunk) -> None:
+        meta = chunk.response_metadata
+        if meta.get("logprobs"):
+            self.logprobs = (self.logprobs or []) + list(meta["logprobs"].get("content") or [])
+        if meta.get("prompt_logprobs"):
+            self.prompt_logprobs = list(meta["prompt_logprobs"].get("content") or [])
         if chunk.content:
             self.text.append(content_text(chunk.content))
         self.raw_finish = raw_finish_reason(chunk) or self.raw_finish
@@ -165,6 +176,8 @@ class _Tally:
             self.raw_finish,
             self.has_tool_calls,
             self.usage,
+            logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
