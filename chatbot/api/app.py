@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from chatbot import factory
 from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.anthropic import routes as anthropic_routes
+from chatbot.api.anthropic.protocol import error_response as anthropic_error_response
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -82,5 +83,11 @@ def create_app(
     langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
     app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics, public_paths=ui.PUBLIC_PATHS)
+    ops.install_middleware(
+        app,
+        settings,
+        state.metrics,
+        public_paths=ui.PUBLIC_PATHS,
+        error_responses={"/v1/messages": anthropic_error_response},  # Anthropic's JSON
+    )
     return app

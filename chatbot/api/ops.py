@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import uvicorn
@@ -232,10 +232,19 @@ class APIKeyMiddleware:
     `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`). Keys are compared
     in constant time."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], public_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        public_paths: frozenset[str],
+        error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys if k]
         self.public_paths = public_paths
+        # Path prefix -> the 401 response in that API's error JSON (Anthropic's under
+        # /v1/messages); given by the app, so this layer imports no wire format.
+        self.error_responses = dict(error_responses or {})
 
     def _valid(self, given: str) -> bool:
         candidate = given.encode()
@@ -271,11 +280,11 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         log.info("rejected: %s", api.message)
-        if str(scope.get("path", "")).startswith("/v1/messages"):  # Anthropic's error JSON
-            from chatbot.api.anthropic.protocol import error_response
-
-            await error_response(api)({"type": "http"}, _no_receive, send)
-            return
+        path = str(scope.get("path", ""))
+        for prefix, error_response in self.error_responses.items():
+            if path.startswith(prefix):
+                await error_response(api)({"type": "http"}, _no_receive, send)
+                return
         await _send_error(send, api)
 
 
@@ -287,10 +296,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, metrics: Metrics, public_paths: Iterable[str] = ()
+    app: FastAPI,
+    settings: Settings,
+    metrics: Metrics,
+    public_paths: Iterable[str] = (),
+    error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
 ) -> None:
     """Add the middleware stack (innermost first; Starlette wraps each new one outside).
-    `public_paths` need no key (the web page's static files)."""
+    `public_paths` need no key (the web page's static files); `error_responses`: path
+    prefix -> the error response of a wire format whose error JSON is not OpenAI's."""
     public = set(PUBLIC_PATHS) | set(public_paths)
     if settings.public_metrics:
         public.add("/metrics")
@@ -303,7 +317,12 @@ def install_middleware(
             by_key=bool(keys),
             public_paths=PUBLIC_PATHS | frozenset(public_paths),
         )
-    app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
+    app.add_middleware(
+        APIKeyMiddleware,
+        keys=keys,
+        public_paths=frozenset(public),
+        error_responses=error_responses,
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         app.add_middleware(
