@@ -388,7 +388,7 @@ class _Output:
         first_ids = (self.prompt_ids or [])[:1]
         first = [
             {"token": self.tokenizer.decode(first_ids, skip_special_tokens=False)}
-            | {"logprob": None, "bytes": None, "top_logprobs": []}
+            | {"logprob": None, "bytes": None, "top_logprobs": None}
         ]
         rest = chat_logprobs(self.tokenizer, [e for e in entries[1:] if e is not None])
         meta = {"prompt_logprobs": {"content": (first if first_ids else []) + rest}}

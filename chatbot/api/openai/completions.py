@@ -53,9 +53,13 @@ def legacy_logprobs(items: list[dict[str, Any]] | None, offset: int = 0) -> dict
     return {
         "tokens": [i["token"] for i in items],
         "token_logprobs": [i["logprob"] for i in items],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in i["top_logprobs"]} for i in items],
+        "top_logprobs": [_top(i["top_logprobs"]) for i in items],
         "text_offset": offsets,
     }
+
+
+def _top(items: list[dict[str, Any]] | None) -> dict[str, float] | None:
+    return None if items is None else {t["token"]: t["logprob"] for t in items}
 
 
 class CompletionWire:
