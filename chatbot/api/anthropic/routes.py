@@ -1,7 +1,8 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API.
 
 Each request becomes the chat route's request (chatbot.api.anthropic.convert) and runs
-through chatbot.api.chat_run. Every error, before or during a stream, is answered in
+on the one serving path (chatbot.api.openai.chat.chat_serving, then serve() with
+`MessagesWire`). Every error, before or during a stream, is answered in
 Anthropic's error JSON: the body is validated here, not by FastAPI, for that reason.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from langchain_core.messages import AIMessageChunk
 
 from chatbot.api.anthropic.convert import (
     MessageBuilder,
@@ -27,11 +29,12 @@ from chatbot.api.anthropic.protocol import (
     error_body,
     error_response,
 )
-from chatbot.api.chat_run import invoke_chat, open_chat_stream, prepare_chat
-from chatbot.api.errors import APIError, bad_request, from_exception, log_error
+from chatbot.api.errors import bad_request, from_exception, log_error
 from chatbot.api.models import resolve_chat_model
+from chatbot.api.openai.chat import chat_serving
 from chatbot.api.openai.convert import to_langchain_messages
-from chatbot.api.openai.serving import app_state
+from chatbot.api.openai.protocol import UsageInfo
+from chatbot.api.openai.serving import Choice, Job, app_state, serve
 from chatbot.api.sse import typed_sse_response
 
 router = APIRouter(tags=["anthropic"])  # included under /v1
@@ -49,33 +52,43 @@ def _error(exc: Exception) -> JSONResponse:
     return error_response(api)
 
 
+class MessagesWire:
+    """Anthropic Messages on the wire (a serving.WireFormat with typed SSE events)."""
+
+    def __init__(self, builder: MessageBuilder) -> None:
+        self.builder = builder
+
+    def opening(self, job: Job) -> list[Any]:
+        return self.builder.start()
+
+    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
+        return self.builder.feed(chunk)
+
+    def closing(self, choice: Choice) -> list[Any]:
+        return self.builder.finish()
+
+    def usage(self, usage: UsageInfo) -> list[Any]:
+        return []  # the usage is in message_delta
+
+    def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
+        choice = choices[0]
+        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
+        self.builder.feed(message)
+        self.builder.finish()
+        return JSONResponse(self.builder.message())
+
+    def stream_response(self, payloads: AsyncIterator[Any], close: list[Any]) -> Any:
+        return typed_sse_response(payloads, error_body, close=close)
+
+
 @router.post("/messages", response_model=None)
 async def create_message(request: Request) -> Any:
     try:
         body: MessagesRequest = await _body(request, MessagesRequest)
-        run = await prepare_chat(chat_request(body), app_state(request), "messages")
-        builder = MessageBuilder(run.name)
-        if not body.stream:
-            builder.feed(await invoke_chat(run))
-            builder.finish()
-            return JSONResponse(builder.message())
-        stream = await open_chat_stream(run)
+        serving = await chat_serving(chat_request(body), app_state(request), "messages")
+        return await serve(serving, MessagesWire(MessageBuilder(serving.name)), bool(body.stream))
     except Exception as exc:  # noqa: BLE001 - every error in Anthropic's format
         return _error(exc)
-
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        for event in builder.start():
-            yield event
-        async for chunk in stream.chunks():
-            for event in builder.feed(chunk):
-                yield event
-        for event in builder.finish():
-            yield event
-
-    def error(api: APIError) -> dict[str, Any]:
-        return error_body(api)
-
-    return typed_sse_response(events(), error, close=[stream])
 
 
 @router.post("/messages/count_tokens", response_model=None)

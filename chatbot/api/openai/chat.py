@@ -164,14 +164,22 @@ class ChatWire:
         return ChatCompletionResponse(model=self.name, choices=out, usage=usage, **extra)
 
 
-@router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    state = app_state(request)
+async def chat_serving(
+    body: ChatCompletionRequest,
+    state: Any,
+    endpoint: str = "chat",
+    max_tokens_param: str | None = None,
+) -> Serving:
+    """A chat request turned into a `Serving` (4xx raised here, before anything runs):
+    model lookup, limits, tools, structured output, sampling fields, stop, n. Other wire
+    formats (Responses, Messages) translate their request to this one and serve it with
+    their own WireFormat. `max_tokens_param`: the caller's name for the token limit."""
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
     name = state.catalog.default_name(body.model)
     overrides = body.generation_overrides()
     model = await resolve_chat_model(state.catalog, body.model, **overrides)
-    check_max_tokens(state.catalog, name, overrides.get("max_tokens"), body.max_tokens_param)
+    param = max_tokens_param or body.max_tokens_param
+    check_max_tokens(state.catalog, name, overrides.get("max_tokens"), param)
     runnable, kwargs = bind_tools(model, body, name)
     kwargs.update(sampling_kwargs(body.sampling(), model, name))
     stop = body.stop_sequences()
@@ -186,11 +194,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         )
         for i in range(body.n or 1)
     ]
-    serving = Serving(
+    return Serving(
         name=name,
         jobs=jobs,
         deadline=Deadline(state.settings.request_timeout),
-        tracker=state.metrics.track(name, "chat"),
+        tracker=state.metrics.track(name, endpoint),
         include_usage=body.include_usage(),
     )
-    return await serve(serving, ChatWire(name), bool(body.stream))
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    serving = await chat_serving(body, app_state(request))
+    return await serve(serving, ChatWire(serving.name), bool(body.stream))

@@ -194,7 +194,11 @@ def total_usage(choices: list[Choice]) -> UsageInfo:
 
 
 class WireFormat(Protocol):
-    """How one API writes a served request: stream events and the whole response."""
+    """How one API writes a served request: stream events and the whole response.
+
+    A wire format with its own SSE framing (events named by their `type`: Responses,
+    Messages) also has `stream_response(payloads, close)`, returning the response
+    (chatbot.api.sse.typed_sse_response); otherwise OpenAI's `data:` frames and [DONE]."""
 
     def opening(self, job: Job) -> list[Any]: ...  # before a choice's first delta
 
@@ -358,4 +362,8 @@ async def serve(serving: Serving, wire: WireFormat, stream: bool) -> Any:
         return wire.response(choices, usage)
     events = _events(serving)
     first = await first_output(events, serving.deadline, tracker)
-    return sse_response(_stream_payloads(serving, wire, events, first), close=[events])
+    payloads = _stream_payloads(serving, wire, events, first)
+    framing = getattr(wire, "stream_response", None)  # its own SSE framing, if any
+    if framing is not None:
+        return framing(payloads, [events])
+    return sse_response(payloads, close=[events])

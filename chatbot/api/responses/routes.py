@@ -1,7 +1,8 @@
 """POST /v1/responses, GET and DELETE /v1/responses/{id}: OpenAI's Responses API.
 
 Each request becomes the chat route's request (chatbot.api.responses.convert) and runs
-through chatbot.api.chat_run, so models, tools, structured output, sampling, limits,
+on the one serving path (chatbot.api.openai.chat.chat_serving, then serve() with
+`ResponsesWire`), so models, tools, structured output, sampling, limits, the deadline,
 metrics and cancellation are the chat route's. Errors are OpenAI error JSON.
 """
 
@@ -12,10 +13,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from langchain_core.messages import AIMessageChunk
 
-from chatbot.api.chat_run import invoke_chat, open_chat_stream, prepare_chat
 from chatbot.api.errors import APIError
-from chatbot.api.openai.serving import app_state
+from chatbot.api.openai.chat import chat_serving
+from chatbot.api.openai.protocol import UsageInfo
+from chatbot.api.openai.serving import Choice, Job, app_state, serve
 from chatbot.api.responses.builder import ResponseBuilder
 from chatbot.api.responses.convert import chat_request, input_messages
 from chatbot.api.responses.protocol import ResponsesRequest, check_supported, not_found
@@ -44,41 +47,66 @@ async def _history(store: ResponseStore, previous: str | None) -> list[dict[str,
     return stored.messages + input_messages(stored.response["output"], "previous output")
 
 
+class ResponsesWire:
+    """The Responses API on the wire (a serving.WireFormat with typed SSE events). A
+    stored response is written before its last event, so a client can GET it then."""
+
+    def __init__(
+        self, builder: ResponseBuilder, store: ResponseStore | None, conversation: list
+    ) -> None:
+        self.builder = builder
+        self.store = store  # None: `store: false`
+        self.conversation = conversation
+
+    def opening(self, job: Job) -> list[Any]:
+        return self.builder.start()
+
+    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
+        return self.builder.feed(chunk)
+
+    def closing(self, choice: Choice) -> list[Any]:
+        return self.builder.finish()
+
+    def usage(self, usage: UsageInfo) -> list[Any]:
+        return []  # the usage is in the response object
+
+    def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
+        choice = choices[0]
+        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
+        self.builder.feed(message)
+        self.builder.finish()
+        return self.builder.response()
+
+    def stream_response(self, payloads: AsyncIterator[Any], close: list[Any]) -> Any:
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            async for event in payloads:
+                if event["type"] in _LAST and self.store is not None:
+                    await self.store.put(self.builder.response(), self.conversation)
+                yield event
+
+        def error(api: APIError) -> dict[str, Any]:
+            return self.builder.error_event(api.code, api.message, api.param)
+
+        return typed_sse_response(events(), error, close=[*close, payloads])
+
+
+_LAST = ("response.completed", "response.incomplete")
+
+
 @router.post("/responses", response_model=None)
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     check_supported(body)
     store = response_store(request)
     chat, conversation = chat_request(body, await _history(store, body.previous_response_id))
-    run = await prepare_chat(chat, app_state(request), "responses", "max_output_tokens")
-    builder = ResponseBuilder(body, run.name)
-    keep = body.store is not False
-
-    if not body.stream:
-        builder.feed(await invoke_chat(run))
-        builder.finish()
-        response = builder.response()
-        if keep:
-            await store.put(response, conversation)
-        return JSONResponse(response)
-
-    stream = await open_chat_stream(run)
-
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        for event in builder.start():
-            yield event
-        async for chunk in stream.chunks():
-            for event in builder.feed(chunk):
-                yield event
-        last = builder.finish()
-        if keep:
-            await store.put(builder.response(), conversation)
-        for event in last:
-            yield event
-
-    def error(api: APIError) -> dict[str, Any]:
-        return builder.error_event(api.code, api.message, api.param)
-
-    return typed_sse_response(events(), error, close=[stream])
+    serving = await chat_serving(chat, app_state(request), "responses", "max_output_tokens")
+    keep = store if body.store is not False else None
+    wire = ResponsesWire(ResponseBuilder(body, serving.name), keep, conversation)
+    if body.stream:
+        return await serve(serving, wire, True)
+    response = await serve(serving, wire, False)
+    if keep is not None:
+        await store.put(response, conversation)
+    return JSONResponse(response)
 
 
 @router.get("/responses/{response_id}", response_model=None)
