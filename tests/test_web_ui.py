@@ -411,10 +411,10 @@ def test_model_playground_is_the_chat_playground(base_url, tab):
 )
 def test_chain_playgrounds_render_and_run(base_url, tab, chain, fields, shown, tmp_path):
     if chain == "rag":
-        from chains import kb
+        from chains.ingest import ingest
 
         (tmp_path / "zorblax.md").write_text("The sky on the planet Zorblax is green.\n")
-        kb.ingest("planets", [tmp_path / "zorblax.md"])
+        ingest("planets", [tmp_path / "zorblax.md"])
     page = _playground(tab, f"{base_url}/chains/{chain}/playground/")
     for name, value in fields.items():
         page.fill(f"[id='#/properties/{name}-input']", value)

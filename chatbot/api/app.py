@@ -21,6 +21,7 @@ from chatbot import factory
 from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.anthropic import routes as anthropic_routes
 from chatbot.api.anthropic.protocol import error_response as anthropic_error_response
+from chatbot.api.drain import ShutdownDrain
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -41,6 +42,7 @@ class AppState:
     catalog: ModelCatalog
     metrics: Metrics
     loader: ModelLoader
+    drain: ShutdownDrain = field(default_factory=ShutdownDrain)  # ends requests at shutdown
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -87,6 +89,7 @@ def create_app(
         app,
         settings,
         state.metrics,
+        state.drain,
         public_paths=ui.PUBLIC_PATHS,
         error_responses={"/v1/messages": anthropic_error_response},  # Anthropic's JSON
     )

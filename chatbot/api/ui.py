@@ -169,7 +169,7 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
     """Ingest uploaded files into KB `name` (created if new) with `chatbot kb ingest`'s
     rules. Answers NDJSON: `{"file", "done", "total"}` lines while it works, then
     `{"report": ...}` or `{"error": {...}}`. Bad names and unsupported files are a 400."""
-    from chains import kb
+    from chains import ingest, kb
     from chains.loaders import LoadError, collect_files
 
     try:
@@ -193,7 +193,9 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
         loop.call_soon_threadsafe(queue.put_nowait, line)
 
     async def lines() -> AsyncIterator[bytes]:
-        task = asyncio.ensure_future(asyncio.to_thread(kb.ingest, name, paths, progress=progress))
+        task = asyncio.ensure_future(
+            asyncio.to_thread(ingest.ingest, name, paths, progress=progress)
+        )
         while not (task.done() and queue.empty()):
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)

@@ -34,7 +34,7 @@ function upload() {
         bar.max = 1; bar.value = 1;
       } else {
         bar.max = Math.max(msg.total, 1); bar.value = msg.done;
-        status.textContent = msg.file ? `Indexing ${msg.file} (${msg.done + 1}/${msg.total})` : "Saving\u2026";
+        status.textContent = msg.file ? `Indexing ${msg.file} (${Math.round((100 * msg.done) / Math.max(msg.total, 1))}%)` : "Saving\u2026";
       }
     }
     seen = lines.length - 1;
