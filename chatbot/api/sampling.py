@@ -27,8 +27,8 @@ def _kind(model: Any) -> str:
 
     while isinstance(model, RunnableBinding):
         model = model.bound
-    if isinstance(model, ChatLocal):
-        return "local"
+    if isinstance(model, ChatLocal):  # a runtime that cannot apply them says so
+        return "local" if getattr(model.runtime, "sampling_fields", True) else "other"
     if isinstance(model, BaseChatOpenAI):
         return "openai"
     if isinstance(model, ChatRouter):
