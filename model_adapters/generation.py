@@ -33,6 +33,33 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     constraint: Constraint | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Sampling fields of the OpenAI/vLLM APIs (vLLM's meanings; the defaults change nothing).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: off; k: the chosen token's logprob and the top k
+    prompt_logprobs: int | None = None  # the same for each prompt token (echo)
+
+    def plain(self) -> bool:
+        """Whether the logits are used as they are (no penalty, bias or filter)."""
+        return not (
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+        )
+
+
+@dataclass
+class TokenLogprob:
+    """One token's log-probability and the `top` most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -44,6 +71,9 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    stop_sequence: str | None = None  # the stop string that ended the output, if one did
+    logprobs: list[TokenLogprob] | None = None  # of the tokens this delta's text came from
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # once, first: the prompt's
 
 
 class StopMatcher:
@@ -53,6 +83,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.buffer = ""
+        self.matched: str | None = None  # the stop string found
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit now, whether a stop string was hit)."""
@@ -60,9 +91,10 @@ class StopMatcher:
         if not self.stops:
             out, self.buffer = self.buffer, ""
             return out, False
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.buffer.find(s)) >= 0]
         if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
+            at, self.matched = min(hits)
+            out, self.buffer = self.buffer[:at], ""
             return out, True
         cut = max(0, len(self.buffer) - self.hold)
         out, self.buffer = self.buffer[:cut], self.buffer[cut:]
@@ -93,6 +125,35 @@ class IncrementalDecoder:
         return ""
 
 
+def process_logits(
+    logits: Any, request: GenerationRequest, output_ids: list[int], prompt_ids: list[int]
+) -> Any:
+    """Logit bias and penalties (vLLM's definitions) applied to a 1-D logits tensor.
+
+    repetition_penalty: tokens seen in the prompt or output are divided by it when
+    positive, multiplied when negative; frequency/presence: subtracted per output count
+    and once per token present in the output.
+    """
+    import torch
+
+    scores = logits.float().clone()
+    if request.logit_bias:
+        ids = torch.tensor(list(request.logit_bias), device=scores.device)
+        scores[ids] += torch.tensor(list(request.logit_bias.values()), device=scores.device)
+    if request.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), device=scores.device)
+        if len(seen):
+            picked = scores[seen]
+            penalty = request.repetition_penalty
+            scores[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    if output_ids and (request.frequency_penalty or request.presence_penalty):
+        ids, counts = torch.unique(torch.tensor(output_ids), return_counts=True)
+        ids = ids.to(scores.device)
+        scores[ids] -= request.frequency_penalty * counts.to(scores.device).float()
+        scores[ids] -= request.presence_penalty
+    return scores
+
+
 # Below this, temperature scaling overflows float32 logits (x / 1e-39 is inf) and the
 # distribution is one-hot anyway: sample greedily, as vLLM does under its _SAMPLING_EPS.
 GREEDY_BELOW = 1e-5
@@ -103,17 +164,32 @@ def is_greedy(temperature: float) -> bool:
     return not temperature >= GREEDY_BELOW  # NaN is greedy too
 
 
-def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
+def sample_next(
+    logits: Any,
+    temperature: float,
+    top_p: float,
+    generator: Any,
+    top_k: int = 0,
+    min_p: float = 0.0,
+) -> int:
     """Pick the next token from a 1-D logits tensor: greedy at (near) temperature 0, else
-    top-p. Numeric edges (tiny top_p, all-masked or non-finite scores) fall back to the
-    most likely token instead of failing in torch.multinomial."""
+    sample after the top-k, min-p and top-p filters. Numeric edges (tiny top_p, all-masked
+    or non-finite scores) fall back to the most likely token instead of failing in
+    torch.multinomial."""
     import torch
 
     if is_greedy(temperature):
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_k and top_k > 0 and top_k < probs.shape[-1]:
+        kth = torch.topk(probs, top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    if min_p > 0:
+        probs = torch.where(probs >= min_p * probs.max(), probs, torch.zeros_like(probs))
     if top_p < 1.0:
         probs, order = torch.sort(probs, descending=True)
+        if top_k or min_p > 0:  # filtered above: top_p counts over what is left
+            probs = probs / probs.sum()
         keep = torch.cumsum(probs, dim=-1) - probs < top_p
         keep[0] = True  # the top token always stays (top_p may round to 0 in float32)
         probs = probs * keep
@@ -124,6 +200,19 @@ def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -
         return int(torch.argmax(logits).item())
     choice = int(torch.multinomial(probs / total, 1, generator=generator).item())
     return choice if order is None else int(order[choice].item())
+
+
+def token_logprob(logits: Any, token: int, top: int) -> TokenLogprob:
+    """The chosen token's log-probability under the model's raw distribution (vLLM's
+    default "raw_logprobs": before penalties and filters) and the `top` best tokens."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logp, top)
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logp[token].item()), best)
 
 
 # --- bridging a worker thread to callers ---------------------------------------------

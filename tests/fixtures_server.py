@@ -17,11 +17,12 @@ from tests.server_utils import start_server
 
 
 @pytest.fixture(scope="session")
-def server_url(_registry) -> Iterator[str]:
+def server_url(_registry, tmp_path_factory) -> Iterator[str]:
     from chatbot.api import create_app
     from chatbot.settings import Settings
 
-    app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
+    data = tmp_path_factory.mktemp("server-data")  # stored responses: not in the repo
+    app = create_app(Settings(api_keys=[], cors_origins=[], data_dir=data), show_progress=False)
     with start_server(app, wait_ready=True) as url:
         yield url
 

@@ -109,8 +109,8 @@ def test_unknown_route_and_method(http):
         ),
         (
             "/v1/chat/completions",
-            {"model": "tiny", "messages": HELLO, "logprobs": True},
-            "logprobs",
+            {"model": "tiny", "messages": HELLO, "top_logprobs": 2},
+            "top_logprobs",
         ),
         (
             "/v1/chat/completions",
@@ -127,7 +127,7 @@ def test_unknown_route_and_method(http):
         ("/v1/completions", {"model": "tiny", "prompt": ""}, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": [99999999]}, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "suffix": "y"}, "suffix"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 2}, "logprobs"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 21}, "logprobs"),
         ("/v1/embeddings", {"model": "minilm", "input": []}, "input"),
         ("/v1/embeddings", {"model": "minilm", "input": [1, 2, 3]}, "input"),
         (

@@ -152,3 +152,24 @@ async def _sleep() -> None:
     import asyncio
 
     await asyncio.sleep(0.05)
+
+
+def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
+    """Sampling fields map to SamplingParams; logprobs and the stop string come back."""
+    model = engine.chat_model(max_tokens=6)
+    hf = ChatLocal(model="tiny", temperature=0, max_tokens=6)
+    out = model.invoke("hello", logprobs=True, top_logprobs=2)
+    ref = hf.invoke("hello", logprobs=True, top_logprobs=2)
+    got = out.response_metadata["logprobs"]["content"]
+    want = ref.response_metadata["logprobs"]["content"]
+    assert [c["token"] for c in got][:3] == [c["token"] for c in want][:3]
+    for a, b in list(zip(got, want, strict=False))[:3]:
+        assert a["logprob"] == pytest.approx(b["logprob"], abs=0.05)
+        assert len(a["top_logprobs"]) >= 2
+    forced = model.invoke("hello", logit_bias={"300": 100}, presence_penalty=0.5, top_k=5)
+    word = engine.runtime.tokenizer.decode([300])
+    assert forced.content.startswith(word)
+    full = model.invoke("the weather in paris", max_tokens=20).content
+    stop = full[2:4]
+    cut = model.invoke("the weather in paris", stop=[stop], max_tokens=20)
+    assert cut.response_metadata.get("stop_sequence") == stop

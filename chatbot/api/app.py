@@ -19,11 +19,15 @@ from fastapi import FastAPI
 
 from chatbot import factory
 from chatbot.api import admin, langserve_routes, ops, ui
+from chatbot.api.anthropic import routes as anthropic_routes
+from chatbot.api.anthropic.protocol import error_response as anthropic_error_response
 from chatbot.api.drain import ShutdownDrain
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
 from chatbot.api.openai import routes as openai_routes
+from chatbot.api.responses import routes as responses_routes
+from chatbot.api.responses.store import ResponseStore
 from chatbot.catalog import ModelCatalog
 from chatbot.settings import Settings, get_settings
 
@@ -61,6 +65,7 @@ def create_app(
         # a request for a model still loading waits for it.
         state.loader.start(show_progress=show_progress)
         yield
+        app.state.responses.close()
 
     app = FastAPI(
         title="chatbot",
@@ -69,13 +74,23 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.chatbot = state
+    app.state.responses = ResponseStore(settings.data_dir / "responses.sqlite3")
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router, prefix="/v1")  # OpenAI Responses
+    app.include_router(anthropic_routes.router, prefix="/v1")  # Anthropic Messages
     app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, catalog)
     langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
     app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics, state.drain, public_paths=ui.PUBLIC_PATHS)
+    ops.install_middleware(
+        app,
+        settings,
+        state.metrics,
+        state.drain,
+        public_paths=ui.PUBLIC_PATHS,
+        error_responses={"/v1/messages": anthropic_error_response},  # Anthropic's JSON
+    )
     return app

@@ -20,7 +20,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import uvicorn
@@ -251,12 +251,22 @@ class BodySizeLimitMiddleware:
 
 class APIKeyMiddleware:
     """When keys are configured, every path except the public ones needs
-    `Authorization: Bearer <key>`. Keys are compared in constant time."""
+    `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`). Keys are compared
+    in constant time."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], public_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        public_paths: frozenset[str],
+        error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys if k]
         self.public_paths = public_paths
+        # Path prefix -> the 401 response in that API's error JSON (Anthropic's under
+        # /v1/messages); given by the app, so this layer imports no wire format.
+        self.error_responses = dict(error_responses or {})
 
     def _valid(self, given: str) -> bool:
         candidate = given.encode()
@@ -271,6 +281,9 @@ class APIKeyMiddleware:
             return
         header = _header(scope, b"authorization") or ""
         scheme, _, token = header.partition(" ")
+        api_key = _header(scope, b"x-api-key")  # Anthropic's clients send the key so
+        if api_key and not header:
+            scheme, token = "bearer", api_key
         if scheme.lower() != "bearer" or not token.strip():
             api = APIError(
                 401,
@@ -289,6 +302,11 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         log.info("rejected: %s", api.message)
+        path = str(scope.get("path", ""))
+        for prefix, error_response in self.error_responses.items():
+            if path.startswith(prefix):
+                await error_response(api)({"type": "http"}, _no_receive, send)
+                return
         await _send_error(send, api)
 
 
@@ -305,9 +323,11 @@ def install_middleware(
     metrics: Metrics,
     drain: ShutdownDrain | None = None,
     public_paths: Iterable[str] = (),
+    error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
 ) -> None:
     """Add the middleware stack (innermost first; Starlette wraps each new one outside).
-    `public_paths` need no key (the web page's static files)."""
+    `public_paths` need no key (the web page's static files); `error_responses`: path
+    prefix -> the error response of a wire format whose error JSON is not OpenAI's."""
     public = set(PUBLIC_PATHS) | set(public_paths)
     if settings.public_metrics:
         public.add("/metrics")
@@ -320,7 +340,12 @@ def install_middleware(
             by_key=bool(keys),
             public_paths=PUBLIC_PATHS | frozenset(public_paths),
         )
-    app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
+    app.add_middleware(
+        APIKeyMiddleware,
+        keys=keys,
+        public_paths=frozenset(public),
+        error_responses=error_responses,
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         app.add_middleware(

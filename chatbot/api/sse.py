@@ -87,3 +87,30 @@ def sse_response(
 ) -> EventSourceResponse:
     # sep="\n": frame events with "\n\n" exactly as OpenAI does.
     return _ClosingResponse(sse_events(payloads), close, sep="\n", headers=headers, ping=15)
+
+
+def typed_sse_response(
+    payloads: AsyncIterator[dict[str, Any]],
+    error_payload: Any,
+    close: Sequence[Any] = (),
+) -> EventSourceResponse:
+    """SSE for the wire formats whose events are named by their `type` (OpenAI Responses,
+    Anthropic Messages): `event: <type>` then `data: {json}`, no [DONE]. An error after
+    the response started becomes the event `error_payload(APIError)` returns."""
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for payload in payloads:
+                yield {"event": payload["type"], "data": encode(payload)}
+        except Exception as exc:  # noqa: BLE001 - reported to the client in-band
+            api = from_exception(exc)
+            log_error(exc, api)
+            payload = error_payload(api)
+            yield {"event": payload["type"], "data": encode(payload)}
+        finally:
+            aclose = getattr(payloads, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):  # closing cancels the generation
+                    await aclose()
+
+    return _ClosingResponse(events(), close, sep="\n", ping=15)

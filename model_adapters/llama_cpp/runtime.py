@@ -74,6 +74,10 @@ class Seq:
 class LlamaCppRuntime:
     """GGUF weights + llama.cpp context + a worker thread batching all requests."""
 
+    # Penalties, logit_bias, top_k, min_p and logprobs are not applied here: the HTTP
+    # layer (chatbot.api.sampling) refuses them by name for this runtime.
+    sampling_fields = False
+
     def __init__(
         self,
         gguf: Path,

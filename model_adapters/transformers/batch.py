@@ -8,7 +8,7 @@ shorter cache on the left) or dropped (select rows, then cut columns no row uses
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from model_adapters.generation import (
     IncrementalDecoder,
     Sink,
     StopMatcher,
+    TokenLogprob,
 )
 
 
@@ -38,6 +39,8 @@ class Row:
     produced: int = 0
     next_token: int = -1  # sampled but not yet fed to the model
     finish: str | None = None  # set when the row must leave the batch
+    output_ids: list[int] = field(default_factory=list)  # for the penalties
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
 
 
 def supports_merging(config: Any) -> bool:

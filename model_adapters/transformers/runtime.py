@@ -30,8 +30,11 @@ from model_adapters.generation import (
     QueueFullError,
     Sink,
     StopMatcher,
+    TokenLogprob,
     is_greedy,
+    process_logits,
     sample_next,
+    token_logprob,
 )
 from model_adapters.runtime import EngineStats, check_context
 
@@ -244,14 +247,22 @@ class HFRuntime:
                 [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
             )
             fresh.cache = DynamicCache(config=self.model.config)
+            echo = [r for r in fresh.rows if r.request.prompt_logprobs is not None]
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
                 past_key_values=fresh.cache,
                 use_cache=True,
-                **self._logits_to_keep,
+                **({} if echo else self._logits_to_keep),  # echo: every position's logits
             )
+            for i, row in enumerate(fresh.rows):
+                if row.request.prompt_logprobs is not None:
+                    prompt = row.request.prompt_ids
+                    width = ids.shape[1]
+                    logits = out.logits[i, width - len(prompt) : width - 1]
+                    lps = prompt_logprobs(logits, prompt, row.request.prompt_logprobs)
+                    row.sink.put(Delta(prompt_logprobs=lps))
             self._advance(fresh.rows, out.logits[:, -1])
             self._retire(fresh)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail only the new requests
@@ -287,13 +298,24 @@ class HFRuntime:
         for i, row in enumerate(rows):
             request = row.request
             try:
-                if row.constraint is None and is_greedy(request.temperature):
+                if row.constraint is None and is_greedy(request.temperature) and request.plain():
                     token = greedy[i]
                 else:
                     scores = logits[i]
+                    if not request.plain():
+                        scores = process_logits(scores, request, row.output_ids, request.prompt_ids)
                     if row.constraint is not None:
                         scores = row.constraint.mask(scores)
-                    token = sample_next(scores, request.temperature, request.top_p, row.generator)
+                    token = sample_next(
+                        scores,
+                        request.temperature,
+                        request.top_p,
+                        row.generator,
+                        request.top_k,
+                        request.min_p,
+                    )
+                if request.logprobs is not None:
+                    row.logprobs.append(token_logprob(logits[i], token, request.logprobs))
                 self._emit(row, token)
             except Exception as exc:  # noqa: BLE001 - one bad row must not fail the batch
                 log.exception("sampling failed")
@@ -303,16 +325,19 @@ class HFRuntime:
     def _emit(self, row: Any, token: int) -> None:
         row.produced += 1
         row.next_token = token
+        row.output_ids.append(token)
         self.stats.generated_tokens += 1
         constraint = row.constraint
         if constraint is not None:
             constraint.accept(token)
         if token in self.eos_ids:
+            if row.logprobs:  # EOS is no text: its logprob is not reported (as vLLM)
+                row.logprobs.pop()
             row.finish = "stop"
             return
         text, hit = row.stops.feed(row.decoder.add(token))
         if text:
-            row.sink.put(Delta(text=text))
+            row.sink.put(Delta(text=text, logprobs=_take_logprobs(row)))
         if hit:
             row.finish = "stop_string"
         elif constraint is not None and constraint.done():
@@ -339,6 +364,8 @@ class HFRuntime:
                     finish_reason="stop" if row.finish == "stop_string" else row.finish,
                     prompt_tokens=len(row.request.prompt_ids),
                     completion_tokens=row.produced,
+                    logprobs=_take_logprobs(row),
+                    stop_sequence=row.stops.matched if row.finish == "stop_string" else None,
                 )
             )
         batch.keep(keep)
@@ -346,6 +373,23 @@ class HFRuntime:
     def _fail(self, rows: list[Any], exc: BaseException) -> None:
         for row in rows:
             row.sink.put(Delta(error=exc, finish_reason="error"))
+
+
+def _take_logprobs(row: Any) -> list[TokenLogprob] | None:
+    """The logprobs of the tokens since the last delta (None when not asked for)."""
+    if row.request.logprobs is None:
+        return None
+    taken, row.logprobs = row.logprobs, []
+    return taken
+
+
+def prompt_logprobs(logits: Any, prompt: list[int], top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it (the first has none).
+    `logits`: [prompt_len, vocab], the prefill's logits of this prompt's positions."""
+    out: list[TokenLogprob | None] = [None]
+    for position, token in enumerate(prompt[1:]):
+        out.append(token_logprob(logits[position], token, top))
+    return out
 
 
 def make_constraint(constraint: Any, tokenizer: Any, config: Any) -> Any:

@@ -34,6 +34,7 @@ from model_adapters.generation import (
     GenerationRequest,
     QueueFullError,
     Sink,
+    TokenLogprob,
 )
 from model_adapters.local_chat import LocalEngine
 from model_adapters.runtime import EngineStats, check_context
@@ -112,7 +113,32 @@ def sampling_params(request: GenerationRequest, max_tokens: int) -> Any:
         stop=request.stop or None,
         output_kind=RequestOutputKind.DELTA,
         structured_outputs=structured_outputs(request.constraint),
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        top_k=request.top_k if request.top_k > 0 else -1,  # -1: off in every vLLM version
+        min_p=request.min_p,
+        logit_bias=dict(request.logit_bias) or None,
+        logprobs=request.logprobs,
+        prompt_logprobs=request.prompt_logprobs,
     )
+
+
+def vllm_logprobs(logprobs: Any, token_ids: Any) -> list[TokenLogprob] | None:
+    """vLLM's per-token {id: Logprob} dicts -> TokenLogprobs (the chosen token first)."""
+    if logprobs is None:
+        return None
+    out = []
+    for token, ranked in zip(token_ids, logprobs, strict=False):
+        if ranked is None:
+            continue
+        chosen = ranked.get(token)
+        top = sorted(
+            ((t, lp.logprob) for t, lp in ranked.items() if lp.rank is not None),
+            key=lambda item: -item[1],
+        )
+        out.append(TokenLogprob(token, chosen.logprob if chosen else float("-inf"), top))
+    return out
 
 
 def structured_outputs(constraint: Constraint | None) -> Any:
@@ -218,6 +244,7 @@ class VLLMRuntime:
                 finish_reason=finish,
                 prompt_tokens=prompt_len,
                 completion_tokens=counts["produced"],
+                stop_sequence=counts.get("stop_sequence"),
             )
         )
 
@@ -235,6 +262,7 @@ class VLLMRuntime:
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         stream = self.engine.generate(prompt, sampling_params(request, budget), rid)
         finish = "length"
+        first = True
         async for out in stream:
             piece = out.outputs[0]
             self.stats.generated_tokens += len(piece.token_ids)
@@ -244,10 +272,19 @@ class VLLMRuntime:
             else:
                 text = guided.feed(list(piece.token_ids))
                 counts["produced"] = guided.produced
-            if text:
-                sink.put(Delta(text=text))
+            if first and out.prompt_logprobs is not None:
+                prompt = [None] + (
+                    vllm_logprobs(out.prompt_logprobs[1:], request.prompt_ids[1:]) or []
+                )
+                sink.put(Delta(prompt_logprobs=prompt))
+            first = False
+            logprobs = vllm_logprobs(piece.logprobs, piece.token_ids)
+            if text or logprobs:
+                sink.put(Delta(text=text, logprobs=logprobs))
             if piece.finish_reason:
                 finish = _FINISH.get(piece.finish_reason, piece.finish_reason)
+                if isinstance(piece.stop_reason, str):  # the stop string that matched
+                    counts["stop_sequence"] = piece.stop_reason
             if guided is not None and not guided.following:
                 break
         if guided is None:

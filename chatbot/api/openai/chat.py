@@ -33,6 +33,7 @@ from chatbot.api.openai.protocol import (
     random_id,
 )
 from chatbot.api.openai.serving import Choice, Deadline, Job, Serving, app_state, serve
+from chatbot.api.sampling import sampling_kwargs
 
 router = APIRouter(tags=["openai"])  # included under /v1 by openai_routes
 
@@ -98,8 +99,12 @@ class ChatWire:
         self.created = int(time.time())
         self.head = stream_chunk_head(self.id, self.created, name)
 
-    def _frame(self, index: int, delta: DeltaMessage, finish: str | None = None) -> Any:
-        choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish)
+    def _frame(
+        self, index: int, delta: DeltaMessage, finish: str | None = None, logprobs: Any = None
+    ) -> Any:
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=delta, finish_reason=finish, logprobs=logprobs
+        )
         return ChatCompletionStreamResponse(
             id=self.id, created=self.created, model=self.name, choices=[choice]
         )
@@ -117,6 +122,10 @@ class ChatWire:
                 )
             )
         delta = chunk_to_delta(chunk)
+        logprobs = chunk.response_metadata.get("logprobs")
+        if logprobs:  # tokens without text yet (part of a character) still get a frame
+            out.append(self._frame(job.index, delta or DeltaMessage(content=""), None, logprobs))
+            return out
         if delta is None:
             return out
         if delta.tool_calls is not None or delta.role is not None or delta.content is None:
@@ -144,6 +153,7 @@ class ChatWire:
                 ChatCompletionChoice(
                     index=c.index,
                     message=message_to_openai(message),
+                    logprobs={"content": c.logprobs} if c.logprobs is not None else None,
                     finish_reason=finish_reason(c.raw_finish, c.has_tool_calls),
                 )
             )
@@ -154,17 +164,24 @@ class ChatWire:
         return ChatCompletionResponse(model=self.name, choices=out, usage=usage, **extra)
 
 
-@router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    state = app_state(request)
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server.", param="logprobs")
+async def chat_serving(
+    body: ChatCompletionRequest,
+    state: Any,
+    endpoint: str = "chat",
+    max_tokens_param: str | None = None,
+) -> Serving:
+    """A chat request turned into a `Serving` (4xx raised here, before anything runs):
+    model lookup, limits, tools, structured output, sampling fields, stop, n. Other wire
+    formats (Responses, Messages) translate their request to this one and serve it with
+    their own WireFormat. `max_tokens_param`: the caller's name for the token limit."""
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
     name = state.catalog.default_name(body.model)
     overrides = body.generation_overrides()
     model = await resolve_chat_model(state.catalog, body.model, **overrides)
-    check_max_tokens(state.catalog, name, overrides.get("max_tokens"), body.max_tokens_param)
+    param = max_tokens_param or body.max_tokens_param
+    check_max_tokens(state.catalog, name, overrides.get("max_tokens"), param)
     runnable, kwargs = bind_tools(model, body, name)
+    kwargs.update(sampling_kwargs(body.sampling(), model, name))
     stop = body.stop_sequences()
     if stop is not None:
         kwargs["stop"] = stop
@@ -177,11 +194,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         )
         for i in range(body.n or 1)
     ]
-    serving = Serving(
+    return Serving(
         name=name,
         jobs=jobs,
         deadline=Deadline(state.settings.request_timeout),
-        tracker=state.metrics.track(name, "chat"),
+        tracker=state.metrics.track(name, endpoint),
         include_usage=body.include_usage(),
     )
-    return await serve(serving, ChatWire(name), bool(body.stream))
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    serving = await chat_serving(body, app_state(request))
+    return await serve(serving, ChatWire(serving.name), bool(body.stream))

@@ -26,6 +26,7 @@ from chatbot.api.openai.protocol import (
     random_id,
 )
 from chatbot.api.openai.serving import Choice, Deadline, Job, Serving, app_state, serve
+from chatbot.api.sampling import sampling_kwargs
 from chatbot.errors import ContextLengthError
 
 router = APIRouter(tags=["openai"])  # included under /v1 by chatbot.api.openai.routes
@@ -41,26 +42,63 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     return list(prompt)
 
 
-class CompletionWire:
-    """OpenAI text completions on the wire (the serving.WireFormat of this route)."""
+def legacy_logprobs(items: list[dict[str, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
+    """Chat logprobs items -> OpenAI's legacy `logprobs` object; `offset`: where the first
+    token's text starts in the choice's text."""
+    if items is None:
+        return None
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item["token"])
+    return {
+        "tokens": [i["token"] for i in items],
+        "token_logprobs": [i["logprob"] for i in items],
+        "top_logprobs": [_top(i["top_logprobs"]) for i in items],
+        "text_offset": offsets,
+    }
 
-    def __init__(self, name: str, echo: dict[int, str]) -> None:
+
+def _top(items: list[dict[str, Any]] | None) -> dict[str, float] | None:
+    return None if items is None else {t["token"]: t["logprob"] for t in items}
+
+
+class CompletionWire:
+    """OpenAI text completions on the wire (the serving.WireFormat of this route).
+    With logprobs and echo, the prompt comes as one piece with its tokens' logprobs."""
+
+    def __init__(self, name: str, echo: dict[int, str], logprobs: bool = False) -> None:
         self.name = name
         self.echo = echo
+        self.logprobs = logprobs
+        self.offsets: dict[int, int] = {}  # per choice: text offset of its next token
         self.id = random_id("cmpl")
         self.created = int(time.time())
 
-    def _frame(self, index: int, text: str, finish: str | None = None) -> CompletionResponse:
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+    def _frame(
+        self, index: int, text: str, finish: str | None = None, logprobs: Any = None
+    ) -> CompletionResponse:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)
         return CompletionResponse(
             id=self.id, created=self.created, model=self.name, choices=[choice]
         )
 
     def opening(self, job: Job) -> list[Any]:
-        return [self._frame(job.index, self.echo[job.index])] if self.echo.get(job.index) else []
+        if not self.echo.get(job.index) or self.logprobs:  # with logprobs: the prompt piece
+            return []
+        return [self._frame(job.index, self.echo[job.index])]
 
     def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
         text = content_text(chunk.content)
+        meta = chunk.response_metadata
+        prompt = (meta.get("prompt_logprobs") or {}).get("content")
+        items = prompt if prompt is not None else (meta.get("logprobs") or {}).get("content")
+        if self.logprobs and items:
+            if prompt is not None:
+                text = self.echo.get(job.index, "")
+            offset = self.offsets.get(job.index, 0)
+            self.offsets[job.index] = offset + sum(len(i["token"]) for i in items)
+            return [self._frame(job.index, text, logprobs=legacy_logprobs(items, offset))]
         return [self._frame(job.index, text)] if text else []
 
     def closing(self, choice: Choice) -> list[Any]:
@@ -78,6 +116,9 @@ class CompletionWire:
             CompletionChoice(
                 index=c.index,
                 text=self.echo.get(c.index, "") + c.text,
+                logprobs=legacy_logprobs(
+                    (c.prompt_logprobs or []) + (c.logprobs or []) if self.logprobs else None
+                ),
                 finish_reason=finish_reason(c.raw_finish, legacy=True),
             )
             for c in sorted(choices, key=lambda c: c.index)
@@ -93,8 +134,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     n = body.n or 1
     if body.suffix:
         raise bad_request("'suffix' is not supported by this server.", param="suffix")
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server.", param="logprobs")
     if body.best_of not in (None, 1, n):
         raise bad_request("'best_of' other than n is not supported.", param="best_of")
     prompts = _prompts(body.prompt)
@@ -103,6 +142,15 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     check_max_tokens(state.catalog, name, body.max_tokens)
     stop = body.stop_sequences()
     raw = getattr(model, "astream_prompt", None)  # a local model: no chat template
+    sampling = sampling_kwargs(body.sampling(), model, name)
+    if body.logprobs is not None:
+        if raw is None:
+            raise bad_request(
+                f"Model {name!r} does not support legacy 'logprobs'.", param="logprobs"
+            )
+        sampling["logprobs"] = body.logprobs
+        if body.echo:
+            sampling["prompt_logprobs"] = body.logprobs
     if raw is not None:
         try:
             # Tokenized in the preparation pool, off the event loop; a text prompt too
@@ -115,14 +163,14 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         texts = [model.decode_prompt(p) for p in prompts] if body.echo else []
 
         def opener(i: int) -> Any:
-            return partial(raw, inputs[i], stop)
+            return partial(raw, inputs[i], stop, **sampling)
     else:
         if any(not isinstance(p, str) for p in prompts):
             raise bad_request(f"Model {name!r} takes text prompts, not token ids.", param="prompt")
         texts = [str(p) for p in prompts] if body.echo else []
 
         def opener(i: int) -> Any:
-            return partial(model.astream, [HumanMessage(content=prompts[i])], stop=stop)
+            return partial(model.astream, [HumanMessage(content=prompts[i])], stop=stop, **sampling)
 
     jobs = [
         Job(index=i * n + j, prompt=i, open=opener(i))
@@ -137,4 +185,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         tracker=state.metrics.track(name, "completions"),
         include_usage=body.include_usage(),
     )
-    return await serve(serving, CompletionWire(name, echo), bool(body.stream))
+    return await serve(
+        serving, CompletionWire(name, echo, body.logprobs is not None), bool(body.stream)
+    )

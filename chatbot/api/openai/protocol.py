@@ -43,6 +43,35 @@ class OpenAIResponse(BaseModel):
         return data
 
 
+# vLLM's other sampling fields: known, not served. Unknown fields are ignored (as vLLM
+# does); these would change the output, so asking for them is a 400, never dropped.
+UNSUPPORTED_SAMPLING = (
+    "min_tokens",
+    "typical_p",
+    "use_beam_search",
+    "length_penalty",
+    "ignore_eos",
+    "stop_token_ids",
+    "bad_words",
+    "allowed_token_ids",
+    "include_stop_str_in_output",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+)
+
+
+def refuse_unsupported(body: BaseModel) -> None:
+    from chatbot.api.errors import bad_request
+
+    for name in UNSUPPORTED_SAMPLING:
+        if (body.model_extra or {}).get(name) not in (None, False, [], 0):
+            raise bad_request(
+                f"{name!r} is not supported by this server.",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
 # --- cheap checks, before any tokenizing or grammar compilation -----------------------
 
 # OpenAI's documented limit for structured outputs: 5000 object properties in all. A
@@ -162,6 +191,17 @@ class ChatCompletionRequest(OpenAIRequest):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # vLLM's extra sampling fields (chatbot.api.sampling says which model takes which).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling fields beyond temperature/top_p (see chatbot.api.sampling)."""
+        refuse_unsupported(self)
+        names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
+        values = {k: getattr(self, k) for k in (*names, "repetition_penalty")}
+        return {**values, "logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
 
     _stop_is_text = field_validator("stop")(_check_stop)
 
@@ -232,7 +272,7 @@ class ChatMessage(OpenAIResponse):
 class ChatCompletionChoice(OpenAIResponse):
     index: int
     message: ChatMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str
 
 
@@ -275,7 +315,7 @@ class DeltaMessage(OpenAIResponse):
 class ChatCompletionStreamChoice(OpenAIResponse):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 
@@ -306,12 +346,20 @@ class CompletionRequest(OpenAIRequest):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
     echo: bool | None = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1)
     user: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    def sampling(self) -> dict[str, Any]:
+        refuse_unsupported(self)
+        names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
+        return {k: getattr(self, k) for k in (*names, "repetition_penalty")}
 
     _stop_is_text = field_validator("stop")(_check_stop)
 
@@ -335,7 +383,7 @@ class CompletionRequest(OpenAIRequest):
 class CompletionChoice(OpenAIResponse):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 

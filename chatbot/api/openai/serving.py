@@ -137,6 +137,10 @@ class Choice:
     has_tool_calls: bool
     usage: dict[str, int]
     message: AIMessageChunk | None = None
+    # Token logprobs (OpenAI chat `logprobs.content` items), when asked for; for a raw
+    # prompt with echo also the prompt's (`prompt_logprobs`).
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -147,8 +151,15 @@ class _Tally:
     raw_finish: str | None = None
     has_tool_calls: bool = False
     usage: dict[str, int] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None
 
     def add(self, chunk: AIMessageChunk) -> None:
+        meta = chunk.response_metadata
+        if meta.get("logprobs"):
+            self.logprobs = (self.logprobs or []) + list(meta["logprobs"].get("content") or [])
+        if meta.get("prompt_logprobs"):
+            self.prompt_logprobs = list(meta["prompt_logprobs"].get("content") or [])
         if chunk.content:
             self.text.append(content_text(chunk.content))
         self.raw_finish = raw_finish_reason(chunk) or self.raw_finish
@@ -165,6 +176,8 @@ class _Tally:
             self.raw_finish,
             self.has_tool_calls,
             self.usage,
+            logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
@@ -181,7 +194,11 @@ def total_usage(choices: list[Choice]) -> UsageInfo:
 
 
 class WireFormat(Protocol):
-    """How one API writes a served request: stream events and the whole response."""
+    """How one API writes a served request: stream events and the whole response.
+
+    A wire format with its own SSE framing (events named by their `type`: Responses,
+    Messages) also has `stream_response(payloads, close)`, returning the response
+    (chatbot.api.sse.typed_sse_response); otherwise OpenAI's `data:` frames and [DONE]."""
 
     def opening(self, job: Job) -> list[Any]: ...  # before a choice's first delta
 
@@ -345,4 +362,8 @@ async def serve(serving: Serving, wire: WireFormat, stream: bool) -> Any:
         return wire.response(choices, usage)
     events = _events(serving)
     first = await first_output(events, serving.deadline, tracker)
-    return sse_response(_stream_payloads(serving, wire, events, first), close=[events])
+    payloads = _stream_payloads(serving, wire, events, first)
+    framing = getattr(wire, "stream_response", None)  # its own SSE framing, if any
+    if framing is not None:
+        return framing(payloads, [events])
+    return sse_response(payloads, close=[events])

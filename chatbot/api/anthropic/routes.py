@@ -1,0 +1,117 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API.
+
+Each request becomes the chat route's request (chatbot.api.anthropic.convert) and runs
+on the one serving path (chatbot.api.openai.chat.chat_serving, then serve() with
+`MessagesWire`). Every error, before or during a stream, is answered in
+Anthropic's error JSON: the body is validated here, not by FastAPI, for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from langchain_core.messages import AIMessageChunk
+
+from chatbot.api.anthropic.convert import (
+    MessageBuilder,
+    chat_messages,
+    chat_request,
+    chat_tools,
+)
+from chatbot.api.anthropic.protocol import (
+    CountTokensRequest,
+    MessagesRequest,
+    check_supported,
+    error_body,
+    error_response,
+)
+from chatbot.api.errors import bad_request, from_exception, log_error
+from chatbot.api.models import resolve_chat_model
+from chatbot.api.openai.chat import chat_serving
+from chatbot.api.openai.convert import to_langchain_messages
+from chatbot.api.openai.protocol import UsageInfo
+from chatbot.api.openai.serving import Choice, Job, app_state, serve
+from chatbot.api.sse import typed_sse_response
+
+router = APIRouter(tags=["anthropic"])  # included under /v1
+
+
+async def _body(request: Request, model: type[CountTokensRequest]) -> Any:
+    body = model.model_validate(await request.json())
+    check_supported(body)
+    return body
+
+
+def _error(exc: Exception) -> JSONResponse:
+    api = from_exception(exc)
+    log_error(exc, api)
+    return error_response(api)
+
+
+class MessagesWire:
+    """Anthropic Messages on the wire (a serving.WireFormat with typed SSE events)."""
+
+    def __init__(self, builder: MessageBuilder) -> None:
+        self.builder = builder
+
+    def opening(self, job: Job) -> list[Any]:
+        return self.builder.start()
+
+    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
+        return self.builder.feed(chunk)
+
+    def closing(self, choice: Choice) -> list[Any]:
+        return self.builder.finish()
+
+    def usage(self, usage: UsageInfo) -> list[Any]:
+        return []  # the usage is in message_delta
+
+    def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
+        choice = choices[0]
+        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
+        self.builder.feed(message)
+        self.builder.finish()
+        return JSONResponse(self.builder.message())
+
+    def stream_response(self, payloads: AsyncIterator[Any], close: list[Any]) -> Any:
+        return typed_sse_response(payloads, error_body, close=close)
+
+
+@router.post("/messages", response_model=None)
+async def create_message(request: Request) -> Any:
+    try:
+        body: MessagesRequest = await _body(request, MessagesRequest)
+        serving = await chat_serving(chat_request(body), app_state(request), "messages")
+        return await serve(serving, MessagesWire(MessageBuilder(serving.name)), bool(body.stream))
+    except Exception as exc:  # noqa: BLE001 - every error in Anthropic's format
+        return _error(exc)
+
+
+@router.post("/messages/count_tokens", response_model=None)
+async def count_tokens(request: Request) -> Any:
+    try:
+        body: CountTokensRequest = await _body(request, CountTokensRequest)
+        state = app_state(request)
+        model = await resolve_chat_model(state.catalog, body.model)
+        messages = to_langchain_messages(chat_messages(body))
+        tools = chat_tools(body)
+        prompt_ids = getattr(model, "prompt_ids", None)
+        if callable(prompt_ids):  # a local model: the exact prompt it would get
+            from model_adapters.tools import normalize_tools
+
+            ids = await asyncio.to_thread(prompt_ids, messages, normalize_tools(tools))
+            return {"input_tokens": len(ids)}
+        counter = getattr(model, "get_num_tokens_from_messages", None)
+        try:
+            count = await asyncio.to_thread(counter, messages, tools)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - e.g. no tokenizer for this provider offline
+            raise bad_request(
+                f"Model {body.model!r} cannot count tokens here.", param="model"
+            ) from None
+        return {"input_tokens": int(count)}
+    except Exception as exc:  # noqa: BLE001 - every error in Anthropic's format
+        return _error(exc)
