@@ -91,6 +91,11 @@ def _upload(url: str, name: str, files: list[tuple[str, bytes]]) -> httpx.Respon
     return httpx.post(f"{url}/ui/api/kbs/{name}/files", headers=KEY, files=parts, timeout=120)
 
 
+def test_upload_of_one_name_twice_is_a_400(url, data_dir):  # noqa: F811
+    r = _upload(url, "notes", [("a.md", b"one\n"), ("a.md", b"two\n")])
+    assert r.status_code == 400 and "twice" in r.json()["error"]["message"]
+
+
 def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir):  # noqa: F811
     r = _upload(url, "notes", [("a.md", b"# A\nalpha text\n"), ("b.txt", b"beta text\n")])
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"

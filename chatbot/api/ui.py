@@ -177,6 +177,10 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
     except kb.KBError as exc:
         raise APIError(400, str(exc), param="name") from None
     uploads = [(_safe_name(f.filename), await f.read()) for f in files]
+    names = [n for n, _ in uploads]
+    if len(set(names)) != len(names):  # one previous version per name can be kept aside
+        dup = next(n for n in names if names.count(n) > 1)
+        raise APIError(400, f"files: {dup!r} is uploaded twice", param="files")
     paths, kept = await asyncio.to_thread(_save, uploads, _upload_dir(name))
     try:
         if not collect_files(paths):
