@@ -22,10 +22,11 @@ from tests.extra_models import extra_models
 pool = default_catalog().pool
 
 PAIR = ("pool-a", "pool-b")
-MODELS = {
-    "pool-a": {"path": "tiny-qwen2", "lazy": True, "defaults": {"temperature": 0, "max_tokens": 8}},
-    "pool-b": {"path": "tiny-llama", "lazy": True, "defaults": {"temperature": 0, "max_tokens": 8}},
-}
+# float32, as the weight files: the budget below is sized from the files (dtype auto could
+# pick bfloat16, half the size, and then both would fit).
+_GREEDY = {"lazy": True, "options": {"dtype": "float32"}}
+_GREEDY["defaults"] = {"temperature": 0, "max_tokens": 8}
+MODELS = {"pool-a": {"path": "tiny-qwen2", **_GREEDY}, "pool-b": {"path": "tiny-llama", **_GREEDY}}
 
 
 @pytest.fixture(scope="module")
