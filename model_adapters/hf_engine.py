@@ -210,14 +210,17 @@ class HFRuntime:
         generator = None
         if request.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        # Never run past the context window, whatever max_tokens asked for.
+        budget = min(request.max_tokens, self.context_length - len(request.prompt_ids))
         return Row(
             request=request,
             sink=sink,
-            # Never run past the context window, whatever max_tokens asked for.
-            budget=min(request.max_tokens, self.context_length - len(request.prompt_ids)),
+            budget=budget,
             stops=StopMatcher(request.stop),
             decoder=IncrementalDecoder(self.tokenizer),
-            constraint=make_constraint(request.constraint, self.tokenizer, self.model.config),
+            constraint=make_constraint(
+                request.constraint, self.tokenizer, self.model.config, budget
+            ),
             generator=generator,
             length=len(request.prompt_ids),
         )
@@ -307,12 +310,12 @@ class HFRuntime:
                 row.finish = "error"
 
     def _emit(self, row: Any, token: int) -> None:
+        constraint = row.constraint
+        if constraint is not None:  # may swap a token that leaves no room to close
+            token = constraint.accept(token)
         row.produced += 1
         row.next_token = token
         self.stats.generated_tokens += 1
-        constraint = row.constraint
-        if constraint is not None:
-            constraint.accept(token)
         if token in self.eos_ids:
             row.finish = "stop"
             return
@@ -354,10 +357,10 @@ class HFRuntime:
             row.sink.put(Delta(error=exc, finish_reason="error"))
 
 
-def make_constraint(constraint: Any, tokenizer: Any, config: Any) -> Any:
+def make_constraint(constraint: Any, tokenizer: Any, config: Any, budget: int | None = None) -> Any:
     """Compile a Constraint into a token mask (see model_adapters.constrained)."""
     if constraint is None:
         return None
     from model_adapters.constrained import compile_constraint
 
-    return compile_constraint(constraint, tokenizer, config)
+    return compile_constraint(constraint, tokenizer, config, budget)

@@ -21,6 +21,8 @@ from model_adapters.tool_parsers import (
 
 _DECODER = json.JSONDecoder()
 _NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# Untagged JSON: held back until its "name" shows whether it is a call (this many chars).
+_BARE_HOLD = 400
 _ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 
 
@@ -139,14 +141,14 @@ class ToolCallStream:
             content.append(buf[:at])
             self.in_calls = True
             return buf[at + len(marker) :]
-        if isinstance(self.parser, Llama3Parser) and not self.seen_text:
-            stripped = buf.lstrip()
-            if stripped[:1] in "{[":  # a bare JSON answer is a call
-                self.in_calls = True
-                return stripped
-            if not stripped:
+        if not self.seen_text and (self.parser.tool_names or isinstance(self.parser, Llama3Parser)):
+            verdict = self._bare_verdict(buf)
+            if verdict is None:  # not known yet: hold the text back
                 self.pending = buf
                 return ""
+            if verdict:  # an untagged JSON call
+                self.in_calls = True
+                return buf.lstrip()
         hold = _partial_marker(buf, marker)
         out = buf[: len(buf) - hold]
         self.pending = buf[len(buf) - hold :]
@@ -154,6 +156,24 @@ class ToolCallStream:
             self.seen_text = True
         content.append(out)
         return ""
+
+    def _bare_verdict(self, buf: str) -> bool | None:
+        """Does the answer open with an untagged JSON call? None while undecided."""
+        stripped = buf.lstrip()
+        if not stripped:
+            return None
+        if stripped[0] not in "{[":
+            return False
+        names = self.parser.tool_names
+        if not names:  # llama3 without known tools: a bare JSON answer is a call
+            return True
+        found = _NAME.search(stripped)
+        if found is not None:
+            try:
+                return json.loads(f'"{found.group(1)}"') in names
+            except json.JSONDecodeError:
+                return False
+        return None if len(stripped) < _BARE_HOLD else False
 
     def _calls(self, text: str, chunks: list[ToolCallChunk]) -> str:
         end = self.parser.end
