@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Near the end of the budget (remaining <= cost + _SLACK) every token is vetted; before
 # that the cost is re-measured every _EVERY tokens.
-_SLACK = 64
+_SLACK = 16
 _EVERY = 4
 # Compiled grammars kept per tokenizer (xgrammar's LRU cache), in bytes.
 DEFAULT_CACHE_BYTES = int(os.environ.get("CHATBOT_GRAMMAR_CACHE_BYTES", 256 * 2**20))

@@ -82,30 +82,41 @@ def _step_any(sim: Any, words_of: Any, vocab: list[bytes], special: set[int]) ->
 _STRING_STEPS = [c.encode() for c in 'a0@.-_:+/ A1TZ'] + [
     c.encode() for c in string.punctuation if c not in '@.-_:+/"\\'
 ]
-_STRING_NODES = 400
+_STRING_NODES = 300
+_FILLER = 64
 
 
 def _close_string(sim: Any, deadline: float) -> bytes | None:
-    """Shortest text (then the closing quote) that ends the current string, found by a
-    small breadth-first search; accepted into `sim`. None when not found in the bounds."""
+    """Short text (then the closing quote) that ends the current string, accepted into
+    `sim`: first plain filler (minLength), then a small breadth-first search (formats,
+    patterns). None when not found within the bounds. Forks only on accepted steps
+    (a rejected accept_string leaves a matcher unchanged; forks are the cost here)."""
     if sim.accept_string(b'"'):
         return b'"'
+    probe, text = sim.fork(), b""
+    for _ in range(_FILLER):
+        ch = b"a" if probe.accept_string(b"a") else b"0" if probe.accept_string(b"0") else None
+        if ch is None:
+            break
+        text += ch
+        if probe.accept_string(b'"'):
+            sim.accept_string(text + b'"')
+            return text + b'"'
     frontier: list[tuple[Any, bytes]] = [(sim, b"")]
     seen = 0
     while frontier and seen < _STRING_NODES and time.monotonic() < deadline:
         nxt = []
-        for state, text in frontier:
+        for state, prefix in frontier:
+            child = state.fork()
             for ch in _STRING_STEPS:
-                child = state.fork()
                 if not child.accept_string(ch):
                     continue
                 seen += 1
-                if child.fork().accept_string(b'"'):
-                    done = text + ch + b'"'
-                    if not sim.accept_string(done):
-                        return None
-                    return done
-                nxt.append((child, text + ch))
+                if child.accept_string(b'"'):
+                    done = prefix + ch + b'"'
+                    return done if sim.accept_string(done) else None
+                nxt.append((child, prefix + ch))
+                child = state.fork()
         frontier = nxt
     return None
 

@@ -65,7 +65,12 @@ def bind_tools(model: Runnable, body: ChatCompletionRequest, name: str) -> tuple
         try:
             if bind is None:
                 raise NotImplementedError
-            runnable = bind(tools, tool_choice=choice) if choice is not None else bind(tools)
+            extra: dict[str, Any] = {}
+            if choice is not None:
+                extra["tool_choice"] = choice
+            if body.parallel_tool_calls is not None:
+                extra["parallel_tool_calls"] = body.parallel_tool_calls
+            runnable = bind(tools, **extra)
         except NotImplementedError:
             raise bad_request(
                 f"Model {name!r} does not support tool calling (tools) yet.",
@@ -172,7 +177,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     tracker.finish("ok")
     choices = []
     for i, r in enumerate(results):
-        has_calls = bool(r.message.tool_calls or r.message.invalid_tool_calls)
+        has_calls = bool(r.message.tool_calls)
         choices.append(
             ChatCompletionChoice(
                 index=i,

@@ -214,20 +214,17 @@ def tool_calls_to_openai(message: AIMessage | AIMessageChunk) -> list[ToolCall]:
         )
         for c in message.tool_calls
     ]
-    # Calls whose arguments did not parse still go back, as the model wrote them.
-    calls += [
-        ToolCall(
-            id=_call_id(c.get("id")),
-            function=ToolCallFunction(name=c.get("name") or "", arguments=c.get("args") or ""),
-        )
-        for c in getattr(message, "invalid_tool_calls", None) or []
-    ]
+    # A call that did not parse (cut by max_tokens, bad JSON) is not a call: it never goes
+    # out as one (an empty name breaks clients); message_to_openai keeps its text.
     return calls
 
 
 def message_to_openai(message: AIMessage | AIMessageChunk) -> ChatMessage:
     calls = tool_calls_to_openai(message)
     text = content_text(message.content)
+    if not calls and not text:  # only unusable calls: the partial text is the answer
+        broken = getattr(message, "invalid_tool_calls", None) or []
+        text = "\n".join(str(c.get("args") or "") for c in broken if c.get("args"))
     return ChatMessage(content=text if text or not calls else None, tool_calls=calls or None)
 
 
