@@ -71,9 +71,12 @@ class _CallState:
         out: list[ToolCallChunk] = []
         if not self.header_sent:
             name = _NAME.search(self.text)
-            if name is None and not final:
+            if name is None:  # never a call without a name: final parse reports it invalid
                 return out
-            decoded = json.loads(f'"{name.group(1)}"') if name else None
+            try:
+                decoded = json.loads(f'"{name.group(1)}"')
+            except json.JSONDecodeError:
+                return out
             out.append(tool_call_chunk(name=decoded, args="", id=self.id, index=self.index))
             self.header_sent = True
         if self.args_start is None:
@@ -217,8 +220,7 @@ class ToolCallStream:
             self._scan(self.end_buffer, chunks)
             self._close_call(chunks)
         parsed = self.parser.parse(self.raw)
-        calls = [*parsed.tool_calls, *parsed.invalid_tool_calls]
-        for call in calls[self.count :]:
+        for call in parsed.tool_calls[self.count :]:  # invalid ones are never streamed as calls
             args = call.get("args")
             text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
             chunks.append(
