@@ -146,7 +146,9 @@ class _Backend:
         """Tokens that complete the grammar from `matcher`'s state (PlanError if none)."""
         complete = lambda m: m.is_terminated() or m.is_completed()  # noqa: E731
         text = completion_text(matcher, lex, complete, self._fallback, bounds or Bounds())
-        return tokenize_plan(matcher, text, self.by_bytes, self.longest, self.stop_ids, self.is_done)
+        return tokenize_plan(
+            matcher, text, self.by_bytes, self.longest, self.stop_ids, self.is_done
+        )
 
     def min_tokens(self, constraint: Constraint, compiled: Any) -> int:
         """Tokens of the shortest output the planner finds from the start (cached)."""

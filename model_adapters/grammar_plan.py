@@ -79,7 +79,7 @@ def _step_any(sim: Any, words_of: Any, vocab: list[bytes], special: set[int]) ->
 
 # Characters tried when searching for the way out of a string (formats, patterns): one
 # letter and one digit stand for their classes.
-_STRING_STEPS = [c.encode() for c in 'a0@.-_:+/ A1TZ'] + [
+_STRING_STEPS = [c.encode() for c in "a0@.-_:+/ A1TZ"] + [
     c.encode() for c in string.punctuation if c not in '@.-_:+/"\\'
 ]
 _STRING_NODES = 300

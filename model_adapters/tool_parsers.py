@@ -133,7 +133,9 @@ class ToolCallParser:
         values, rest = split_json_objects(text.strip())
         if rest.strip() or not values:
             return None
-        objects = [v for _, value in values for v in (value if isinstance(value, list) else [value])]
+        objects = [
+            v for _, value in values for v in (value if isinstance(value, list) else [value])
+        ]
         if not objects or not all(_names_tool(o, self.tool_names) for o in objects):
             return None
         out = ParsedOutput(content="")

@@ -247,7 +247,10 @@ async def _stream_chat(
                         chunk = as_chunk(out)
                         if chunk.response_metadata.get("sources") is not None:
                             yield ChatCompletionStreamResponse(  # RAG: sources first
-                                id=response_id, created=created, model=name, choices=[],
+                                id=response_id,
+                                created=created,
+                                model=name,
+                                choices=[],
                                 sources=chunk.response_metadata["sources"],
                             )
                         raw = raw_finish_reason(chunk) or raw

@@ -149,8 +149,7 @@ def to_langchain_messages(messages: Sequence[Mapping[str, Any]]) -> list[BaseMes
             out.append(FunctionMessage(content=text, name=message["name"]))
         else:
             raise bad_request(
-                f"Invalid value for '{where}.role': {role!r}. Supported roles: "
-                f"{', '.join(ROLES)}.",
+                f"Invalid value for '{where}.role': {role!r}. Supported roles: {', '.join(ROLES)}.",
                 f"{where}.role",
             )
     return out

@@ -153,8 +153,12 @@ _CLIENT_FAULT = frozenset({400, 409, 413, 422})
 def from_upstream(exc: BaseException) -> APIError | None:
     """Errors of remote providers and the router -> 4xx passthrough or 502/503/504."""
     if isinstance(exc, AllReplicasFailed):
-        return APIError(503, f"No upstream could answer: {exc}", code="upstream_unavailable",
-                        headers={"Retry-After": "5"})
+        return APIError(
+            503,
+            f"No upstream could answer: {exc}",
+            code="upstream_unavailable",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, StreamInterrupted):
         return APIError(502, str(exc), code="upstream_error")
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
@@ -167,15 +171,21 @@ def from_upstream(exc: BaseException) -> APIError | None:
             return APIError(status, message, code="upstream_rejected")
         if status == 429:
             retry = exc.response.headers.get("retry-after", "1")
-            return APIError(429, f"The upstream provider is rate limiting: {message}",
-                            code="rate_limit_exceeded", headers={"Retry-After": retry})
+            return APIError(
+                429,
+                f"The upstream provider is rate limiting: {message}",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry},
+            )
         if status in (408, 504):
             return APIError(504, "The upstream provider timed out.", code="timeout")
         if status == 503:
-            return APIError(503, f"The upstream provider is unavailable: {message}",
-                            code="upstream_unavailable")
-        return APIError(502, f"The upstream provider failed ({status}): {message}",
-                        code="upstream_error")
+            return APIError(
+                503, f"The upstream provider is unavailable: {message}", code="upstream_unavailable"
+            )
+        return APIError(
+            502, f"The upstream provider failed ({status}): {message}", code="upstream_error"
+        )
     return None
 
 
