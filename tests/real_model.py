@@ -39,7 +39,7 @@ def smol(tmp_path_factory: pytest.TempPathFactory, registry_file: Path, models_r
     if not (out / "config.json").exists():
         tok = AutoTokenizer.from_pretrained(source, gguf_file=GGUF)
         model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=GGUF, torch_dtype=torch.float32
+            source, gguf_file=GGUF, dtype=torch.float32
         )
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
