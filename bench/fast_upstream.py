@@ -33,15 +33,24 @@ BODY = json.dumps(
 
 
 def _events() -> bytes:
-    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-            "model": "up-model"}
+    base = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "up-model",
+    }
     chunks = [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-        *({**base, "choices": [{"index": 0, "delta": {"content": w}}]}
-          for w in ["hello", " from", " the", " upstream"]),
+        *(
+            {**base, "choices": [{"index": 0, "delta": {"content": w}}]}
+            for w in ["hello", " from", " the", " upstream"]
+        ),
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-        {**base, "choices": [],
-         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}},
+        {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+        },
     ]
     return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + (
         b"data: [DONE]\n\n"

@@ -64,8 +64,11 @@ async def load(url: str, model: str, concurrency: int, total: int) -> dict[str, 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"rps": total / wall, "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99)}
+    return {
+        "rps": total / wall,
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+    }
 
 
 def proxies(stack: contextlib.ExitStack, up: str, litellm: str) -> dict[str, tuple[str, str]]:
@@ -77,22 +80,49 @@ def proxies(stack: contextlib.ExitStack, up: str, litellm: str) -> dict[str, tup
     entry = {"provider": "openai", "model": "up-model", "base_url": f"{up}/v1", "api_key": "x"}
     ours.write_text(yaml.safe_dump({"models": {"up": entry}}))
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "chatbot.api.app:create_app",
-           "--port", str(port), "--log-level", "warning"]
-    env = {"CHATBOT_CONFIG": str(ours), "CHATBOT_MODELS_ROOT": str(tmp),
-           "CHATBOT_DATA_DIR": str(tmp), "CHATBOT_API_KEYS": KEY}
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "chatbot.api.app:create_app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    env = {
+        "CHATBOT_CONFIG": str(ours),
+        "CHATBOT_MODELS_ROOT": str(tmp),
+        "CHATBOT_DATA_DIR": str(tmp),
+        "CHATBOT_API_KEYS": KEY,
+    }
     stack.enter_context(server(cmd, f"http://127.0.0.1:{port}/ready", "bench-gw-ours", env))
     found = {"ours": (f"http://127.0.0.1:{port}/v1/chat/completions", "up")}
     if Path(litellm).exists():
         config = tmp / "litellm.yaml"
         params = {"model": "openai/up-model", "api_base": f"{up}/v1", "api_key": "x"}
-        config.write_text(yaml.safe_dump({"model_list": [{"model_name": "up",
-                                                          "litellm_params": params}]}))
+        config.write_text(
+            yaml.safe_dump({"model_list": [{"model_name": "up", "litellm_params": params}]})
+        )
         port = free_port()
-        cmd = [litellm, "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
-               "--num_workers", "1"]
-        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-               "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": KEY}
+        cmd = [
+            litellm,
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--num_workers",
+            "1",
+        ]
+        env = {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_TELEMETRY": "False",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_MASTER_KEY": KEY,
+        }
         stack.enter_context(
             server(cmd, f"http://127.0.0.1:{port}/health/liveliness", "bench-gw-litellm", env)
         )
@@ -121,8 +151,9 @@ def main() -> None:
         single: dict[str, dict] = {}
         loop = asyncio.new_event_loop()
         for name, (url, model) in targets.items():  # phase by phase, systems back to back
-            loaded[name] = loop.run_until_complete(load(url, model, args.concurrency,
-                                                        args.requests))
+            loaded[name] = loop.run_until_complete(
+                load(url, model, args.concurrency, args.requests)
+            )
         for name, (url, model) in targets.items():
             single[name] = loop.run_until_complete(load(url, model, 1, args.latency_requests))
         loop.close()
@@ -137,26 +168,46 @@ def report(loaded: dict, single: dict, args: argparse.Namespace) -> None:
         added50 = (si["p50"] - single[direct]["p50"]) * 1000
         added99 = (si["p99"] - single[direct]["p99"]) * 1000
         vs = loaded.get("LiteLLM")
-        rows.append([
-            name, f"{lo['rps']:.0f}", f"{lo['p50'] * 1000:.1f}", f"{lo['p99'] * 1000:.1f}",
-            f"{si['p50'] * 1000:.2f}", f"{si['p99'] * 1000:.2f}",
-            "" if name == direct else f"{added50:+.2f}",
-            "" if name == direct else f"{added99:+.2f}",
-            f"{lo['rps'] / vs['rps']:.2f}x" if vs and name != direct else "",
-        ])
-    header = ["target", "req/s @64", "p50 ms @64", "p99 ms @64", "p50 ms @1", "p99 ms @1",
-              "added p50 ms", "added p99 ms", "req/s vs LiteLLM"]
-    notes = [f"load: {args.requests} requests from {args.concurrency} concurrent clients; "
-             f"latency: {args.latency_requests} requests from 1 client (aiohttp)"]
+        rows.append(
+            [
+                name,
+                f"{lo['rps']:.0f}",
+                f"{lo['p50'] * 1000:.1f}",
+                f"{lo['p99'] * 1000:.1f}",
+                f"{si['p50'] * 1000:.2f}",
+                f"{si['p99'] * 1000:.2f}",
+                "" if name == direct else f"{added50:+.2f}",
+                "" if name == direct else f"{added99:+.2f}",
+                f"{lo['rps'] / vs['rps']:.2f}x" if vs and name != direct else "",
+            ]
+        )
+    header = [
+        "target",
+        "req/s @64",
+        "p50 ms @64",
+        "p99 ms @64",
+        "p50 ms @1",
+        "p99 ms @1",
+        "added p50 ms",
+        "added p99 ms",
+        "req/s vs LiteLLM",
+    ]
+    notes = [
+        f"load: {args.requests} requests from {args.concurrency} concurrent clients; "
+        f"latency: {args.latency_requests} requests from 1 client (aiohttp)"
+    ]
     if "LiteLLM" in loaded:
         ratio = loaded["ours"]["rps"] / loaded["LiteLLM"]["rps"]
-        notes.append(f"target req/s >= 2x LiteLLM: {ratio:.2f}x "
-                     f"({'met' if ratio >= 2 else 'NOT met'})")
+        notes.append(
+            f"target req/s >= 2x LiteLLM: {ratio:.2f}x ({'met' if ratio >= 2 else 'NOT met'})"
+        )
     else:
         notes.append(f"LiteLLM not found at {args.litellm}: skipped")
     added = (single["ours"]["p50"] - single[direct]["p50"]) * 1000
-    notes.append(f"target added p50 <= 2 ms (1 client): {added:+.2f} ms "
-                 f"({'met' if added <= 2 else 'NOT met'})")
+    notes.append(
+        f"target added p50 <= 2 ms (1 client): {added:+.2f} ms "
+        f"({'met' if added <= 2 else 'NOT met'})"
+    )
     print_table("Gateway: proxying a loopback OpenAI-compatible upstream", header, rows, notes)
 
 

@@ -88,8 +88,7 @@ def http_chat(base_url: str, model: str, max_tokens: int):
     client = httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits())
 
     async def call(i: int) -> int:
-        body = {"model": model, "messages": messages(i), "max_tokens": max_tokens,
-                "temperature": 0}
+        body = {"model": model, "messages": messages(i), "max_tokens": max_tokens, "temperature": 0}
         reply = await client.post("/v1/chat/completions", json=body)
         reply.raise_for_status()
         return reply.json()["usage"]["completion_tokens"]
@@ -104,7 +103,9 @@ class LchfWorker:
         worker = Path(__file__).with_name("lchf_worker.py")
         self.proc = subprocess.Popen(
             [python, str(worker), str(path), str(max_tokens), str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self._read()  # {"ready": true}
 
@@ -157,15 +158,41 @@ def main() -> None:
                 stack.callback(lchf.close)
             if "http" not in skip:
                 port = free_port()
-                cmd = [sys.executable, "-m", "uvicorn", "--factory", "chatbot.api.app:create_app",
-                       "--port", str(port), "--log-level", "warning"]
-                stack.enter_context(server(cmd, f"http://127.0.0.1:{port}/ready", "bench-ours",
-                                           env={"CHATBOT_CONFIG": config}))
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "chatbot.api.app:create_app",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
+                stack.enter_context(
+                    server(
+                        cmd,
+                        f"http://127.0.0.1:{port}/ready",
+                        "bench-ours",
+                        env={"CHATBOT_CONFIG": config},
+                    )
+                )
                 calls["ours-http"] = http_chat(f"http://127.0.0.1:{port}", name, args.max_tokens)
             if "c" not in skip:
                 port = free_port()
-                cmd = ["transformers", "serve", str(path), "--port", str(port), "--host",
-                       "127.0.0.1", "--device", "cpu", "--log-level", "warning"]
+                cmd = [
+                    "transformers",
+                    "serve",
+                    str(path),
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                    "--device",
+                    "cpu",
+                    "--log-level",
+                    "warning",
+                ]
                 stack.enter_context(server(cmd, f"http://127.0.0.1:{port}/health", "bench-tserve"))
                 calls["(c)"] = http_chat(f"http://127.0.0.1:{port}", str(path), args.max_tokens)
             loop = asyncio.new_event_loop()  # one loop: HTTP clients are bound to it
@@ -193,17 +220,29 @@ def report(results: dict, levels: list[int], args: argparse.Namespace) -> None:
                 continue
             ref = results.get((level, reference.get(system, "")))
             ratio = fmt(ref["tok_s"] / r["tok_s"], 2) + "x" if ref else ""
-            rows.append([str(level), system, fmt(r["tok_s"]), fmt(r["p50"] * 1000, 0),
-                         fmt(r["p95"] * 1000, 0), ratio])
-    notes = [f"max_tokens={args.max_tokens}, {args.rounds} requests per client, "
-             f"torch threads={args.threads}, model={args.model or 'tiny (built)'}"]
+            rows.append(
+                [
+                    str(level),
+                    system,
+                    fmt(r["tok_s"]),
+                    fmt(r["p50"] * 1000, 0),
+                    fmt(r["p95"] * 1000, 0),
+                    ratio,
+                ]
+            )
+    notes = [
+        f"max_tokens={args.max_tokens}, {args.rounds} requests per client, "
+        f"torch threads={args.threads}, model={args.model or 'tiny (built)'}"
+    ]
     for system, target in TARGETS.items():
         r, ref = results.get((8, system)), results.get((8, reference[system]))
         if r and ref:
             ratio = ref["tok_s"] / r["tok_s"]
             verdict = "met" if ratio >= target else "NOT met"
-            notes.append(f"target at 8 concurrent: {reference[system]} >= {target}x {system}: "
-                         f"{ratio:.2f}x ({verdict})")
+            notes.append(
+                f"target at 8 concurrent: {reference[system]} >= {target}x {system}: "
+                f"{ratio:.2f}x ({verdict})"
+            )
     header = ["concurrent", "system", "tok/s", "p50 ms", "p95 ms", "ours / system"]
     title = "Local throughput: generated tokens/s (ours-http is the reference for (c))"
     print_table(title, header, rows, notes)

@@ -63,8 +63,11 @@ def small_model(model: str | None):
 async def serve_requests(base: str, name: str, total: int, max_tokens: int) -> dict[str, int]:
     import httpx
 
-    routes = {"/v1/chat/completions": 0, f"/models/{name}/invoke": 0,
-              "/chains/conversation/invoke": 0}
+    routes = {
+        "/v1/chat/completions": 0,
+        f"/models/{name}/invoke": 0,
+        "/chains/conversation/invoke": 0,
+    }
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
 
         async def one(i: int) -> None:
@@ -75,8 +78,13 @@ async def serve_requests(base: str, name: str, total: int, max_tokens: int) -> d
                 text = messages(i)[0]["content"]  # LangServe's message format
                 body = {"input": [{"type": "human", "content": text}], "config": {}, "kwargs": {}}
             else:
-                body = {"input": {"input": messages(i)[0]["content"], "session_id": f"bench-{i}",
-                                  "model": name}}
+                body = {
+                    "input": {
+                        "input": messages(i)[0]["content"],
+                        "session_id": f"bench-{i}",
+                        "model": name,
+                    }
+                }
             reply = await client.post(route, json=body)
             if reply.status_code != 200:
                 raise RuntimeError(f"{route}: {reply.status_code} {reply.text[:300]}")
@@ -100,9 +108,10 @@ def main() -> None:
         weights = weights_bytes(path)
         # glibc gives each thread its own malloc arena; MALLOC_ARENA_MAX=2 shows how much
         # of the growth is allocator caching rather than live data.
-        runs = {variant: measure(name, args, env)
-                for variant, env in (("default", {}), ("MALLOC_ARENA_MAX=2",
-                                                       {"MALLOC_ARENA_MAX": "2"}))}
+        runs = {
+            variant: measure(name, args, env)
+            for variant, env in (("default", {}), ("MALLOC_ARENA_MAX=2", {"MALLOC_ARENA_MAX": "2"}))
+        }
     report(runs, weights, args)
 
 
@@ -113,7 +122,7 @@ def measure(name: str, args: argparse.Namespace, extra_env: dict[str, str]) -> d
     base = f"http://127.0.0.1:{port}"
     # Libraries are imported before the baseline: it is the model's memory we measure.
     start = (
-        "import torch, transformers, uvicorn, model_adapters.hf_engine, chains.serving;"
+        "import torch, transformers, uvicorn, model_adapters.transformers.runtime, chains.serving;"
         "from transformers import AutoModelForCausalLM, AutoTokenizer;"
         f"uvicorn.run('chatbot.api.app:create_app', factory=True, port={port},"
         " log_level='warning')"
@@ -134,22 +143,35 @@ def report(runs: dict[str, dict], weights: int, args: argparse.Namespace) -> Non
     for variant, r in runs.items():
         rows += [
             [variant, "RSS before loading (libraries imported)", f"{r['before'] / mib:.1f}", ""],
-            [variant, "after loading, + vs before", f"{(r['loaded'] - r['before']) / mib:+.1f}",
-             f"{(r['loaded'] - r['before']) / weights:.2f}"],
-            [variant, f"after {args.requests} requests, + vs before",
-             f"{(r['after'] - r['before']) / mib:+.1f}",
-             f"{(r['after'] - r['before']) / weights:.2f}"],
+            [
+                variant,
+                "after loading, + vs before",
+                f"{(r['loaded'] - r['before']) / mib:+.1f}",
+                f"{(r['loaded'] - r['before']) / weights:.2f}",
+            ],
+            [
+                variant,
+                f"after {args.requests} requests, + vs before",
+                f"{(r['after'] - r['before']) / mib:+.1f}",
+                f"{(r['after'] - r['before']) / weights:.2f}",
+            ],
         ]
     counts = next(iter(runs.values()))["counts"]
     notes = ["requests per route: " + ", ".join(f"{r} {n}" for r, n in counts.items())]
     for variant, r in runs.items():
         copies = (r["after"] - r["before"]) / weights
         verdict = "met" if copies < 2 else "NOT met"
-        notes.append(f"target one copy of the weights ({variant}): (after - before) / weights = "
-                     f"{copies:.2f} ({verdict}: < 2; a copy per route would be >= 3)")
+        notes.append(
+            f"target one copy of the weights ({variant}): (after - before) / weights = "
+            f"{copies:.2f} ({verdict}: < 2; a copy per route would be >= 3)"
+        )
     notes.append(f"torch threads={args.threads}; model={args.model or 'small random (built)'}")
-    print_table("Memory: one model served through 3 routes (server RSS)",
-                ["server", "measure", "MiB", "x weights"], rows, notes)
+    print_table(
+        "Memory: one model served through 3 routes (server RSS)",
+        ["server", "measure", "MiB", "x weights"],
+        rows,
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,17 @@ def main() -> None:
         from chatbot.settings import get_settings
 
         port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "chatbot.api.app:create_app",
-               "--port", str(port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "chatbot.api.app:create_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         env = {"CHATBOT_CONFIG": str(get_settings().config)}
         stack.enter_context(server(cmd, f"http://127.0.0.1:{port}/ready", "bench-overhead", env))
         model = chatbot.get_chat_model(name, temperature=0, max_tokens=args.max_tokens)
@@ -123,13 +132,24 @@ def report(samples: dict[str, list[tuple[float, float, int]]], args: argparse.Na
     ratio = http["tok_s"] / ref["tok_s"]
     added = http["ttft"] - ref["ttft"]
     rows = [
-        [system, fmt(s["tok_s"]), fmt(s["ttft"], 2), str(s["tokens"]),
-         "1.00x" if system == "in-process astream" else f"{ratio:.2f}x",
-         "" if system == "in-process astream" else f"{added:+.2f}"]
+        [
+            system,
+            fmt(s["tok_s"]),
+            fmt(s["ttft"], 2),
+            str(s["tokens"]),
+            "1.00x" if system == "in-process astream" else f"{ratio:.2f}x",
+            "" if system == "in-process astream" else f"{added:+.2f}",
+        ]
         for system, s in stats.items()
     ]
-    header = ["path", "tok/s (median)", "TTFT ms (median)", "tokens", "tok/s ratio",
-              "added TTFT ms"]
+    header = [
+        "path",
+        "tok/s (median)",
+        "TTFT ms (median)",
+        "tokens",
+        "tok/s ratio",
+        "added TTFT ms",
+    ]
     notes = [
         f"{args.requests} requests each, alternating, one at a time; max_tokens="
         f"{args.max_tokens}; torch threads={args.threads}; model={args.model or 'tiny (built)'}",

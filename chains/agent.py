@@ -59,8 +59,11 @@ def build_agent(
     if first_tool_choice is not None:
         middleware.append(_force_first_tool(first_tool_choice))
     return create_agent(
-        chat_model(model), tools=all_tools, system_prompt=system_prompt,
-        middleware=middleware, **agent_kwargs
+        chat_model(model),
+        tools=all_tools,
+        system_prompt=system_prompt,
+        middleware=middleware,
+        **agent_kwargs,
     )
 
 
@@ -86,18 +89,27 @@ def _force_first_tool(choice: str) -> Any:
 def _steps(update: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Turn one graph update (node -> new state) into readable steps."""
     for state in update.values():
-        messages: list[BaseMessage] = (state or {}).get("messages", []) if isinstance(
-            state, dict) else []
+        messages: list[BaseMessage] = (
+            (state or {}).get("messages", []) if isinstance(state, dict) else []
+        )
         for msg in messages:
             if isinstance(msg, AIMessage) and msg.tool_calls:
                 for call in msg.tool_calls:
-                    yield {"type": "tool_call", "name": call["name"], "args": call["args"],
-                           "id": call.get("id")}
+                    yield {
+                        "type": "tool_call",
+                        "name": call["name"],
+                        "args": call["args"],
+                        "id": call.get("id"),
+                    }
             elif isinstance(msg, AIMessage):
                 yield {"type": "answer", "content": msg.text}
             elif isinstance(msg, ToolMessage):
-                yield {"type": "tool_result", "name": msg.name, "content": msg.text,
-                       "id": msg.tool_call_id}
+                yield {
+                    "type": "tool_result",
+                    "name": msg.name,
+                    "content": msg.text,
+                    "id": msg.tool_call_id,
+                }
 
 
 def _input(question: str | list[BaseMessage]) -> dict[str, Any]:
@@ -140,7 +152,7 @@ def agent_runnable(agent: Any) -> Runnable:
     def to_output(state: dict[str, Any]) -> dict[str, Any]:
         messages = state["messages"]
         start = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
-        steps = [s for m in messages[start + 1:] for s in _steps({"": {"messages": [m]}})]
+        steps = [s for m in messages[start + 1 :] for s in _steps({"": {"messages": [m]}})]
         answer = messages[-1].text if isinstance(messages[-1], AIMessage) else ""
         return {"output": answer, "steps": [s for s in steps if s["type"] != "answer"]}
 

@@ -97,7 +97,9 @@ def check_session_id(session_id: Any) -> str:
 def get_history(session_id: str, url: str | None = None) -> BaseChatMessageHistory:
     """The persisted history of one session (created on first use)."""
     check_session_id(session_id)
-    return _sql_history_class()(session_id=session_id, connection=_engine(url or history_url()))
+    engine = _engine(url or history_url())
+    with _engines_lock:  # its constructor creates the table if missing: not concurrently
+        return _sql_history_class()(session_id=session_id, connection=engine)
 
 
 class ConversationInput(BaseModel):
@@ -113,9 +115,7 @@ class _Conversation(RunnableGenerator):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return message_chunk_to_message(super().invoke(input, config, **kwargs))
 
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Any:
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return message_chunk_to_message(await super().ainvoke(input, config, **kwargs))
 
 
@@ -145,8 +145,10 @@ def build_conversation_chain(
     def fit(messages: Any) -> list[BaseMessage]:
         kept = trim.invoke(messages)
         if not any(isinstance(m, HumanMessage) for m in kept):
-            raise ValueError(f"input: the message does not fit the model's context window "
-                             f"({budget} tokens for input)")
+            raise ValueError(
+                f"input: the message does not fit the model's context window "
+                f"({budget} tokens for input)"
+            )
         return kept
 
     head = [SystemMessage(system_prompt)] if system_prompt else []
@@ -187,3 +189,38 @@ def build_conversation_chain(
     return _Conversation(run, arun, name="conversation").with_types(
         input_type=ConversationInput, output_type=AIMessage
     )
+
+
+# --- listing (the web page's sidebar) ----------------------------------------------
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    title: str = Field(description="The start of the first user message.")
+    messages: int
+
+
+def list_sessions(url: str | None = None, limit: int = 200) -> list[SessionInfo]:
+    """Stored conversations, most recently active first."""
+    import json
+
+    from sqlalchemy import text
+
+    get_history("-", url)  # creates the table if there is none yet
+    query = text(
+        "SELECT session_id, COUNT(*) AS n, MAX(id) AS last, "
+        "(SELECT message FROM message_store f WHERE f.session_id = m.session_id "
+        " ORDER BY id LIMIT 1) AS first "
+        "FROM message_store m GROUP BY session_id ORDER BY last DESC LIMIT :limit"
+    )
+    with _engine(url or history_url()).connect() as conn:
+        rows = conn.execute(query, {"limit": limit}).fetchall()
+    out = []
+    for sid, count, _, first in rows:
+        try:
+            content = json.loads(first)["data"]["content"]
+        except (ValueError, KeyError, TypeError):
+            content = ""
+        title = content if isinstance(content, str) else str(content)
+        out.append(SessionInfo(session_id=sid, title=title[:80], messages=count))
+    return out

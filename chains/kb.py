@@ -132,8 +132,13 @@ def list_kbs() -> list[KBInfo]:
         if _NAME.match(child.name) and _live_dir(child.name) is not None:
             m = read_manifest(child.name)
             infos.append(
-                KBInfo(name=child.name, files=len(m.files), chunks=m.chunks,
-                       embeddings=m.embeddings, store=m.store)
+                KBInfo(
+                    name=child.name,
+                    files=len(m.files),
+                    chunks=m.chunks,
+                    embeddings=m.embeddings,
+                    store=m.store,
+                )
             )
     return infos
 
@@ -142,8 +147,10 @@ def read_manifest(name: str) -> Manifest:
     live = _live_dir(check_name(name))
     if live is None:
         known = [info.name for info in list_kbs()]
-        raise UnknownKB(f"unknown knowledge base {name!r} (known: {known or 'none'}); "
-                        f"create it with: chatbot kb ingest {name} PATH...")
+        raise UnknownKB(
+            f"unknown knowledge base {name!r} (known: {known or 'none'}); "
+            f"create it with: chatbot kb ingest {name} PATH..."
+        )
     return Manifest.model_validate_json((live / _MANIFEST).read_text(encoding="utf-8"))
 
 
@@ -158,8 +165,10 @@ def _resolve_embeddings(
     if name is None:
         raise KBError("no embeddings model: add one under 'embeddings:' in the model registry")
     if recorded is not None and name != recorded:
-        raise KBError(f"this knowledge base was built with embeddings {recorded!r}, not "
-                      f"{name!r}; delete it and ingest again to change the embeddings")
+        raise KBError(
+            f"this knowledge base was built with embeddings {recorded!r}, not "
+            f"{name!r}; delete it and ingest again to change the embeddings"
+        )
     return get_embeddings(name), name
 
 
@@ -175,8 +184,10 @@ def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorS
     if manifest.store != "faiss":
         spec = get_settings().vector_store
         if is_embedded(spec):
-            raise KBError(f"knowledge base {name!r} lives in a vector-store server: set "
-                          "CHATBOT_VECTOR_STORE to it")
+            raise KBError(
+                f"knowledge base {name!r} lives in a vector-store server: set "
+                "CHATBOT_VECTOR_STORE to it"
+            )
         return open_external_store(spec, name, emb)
     live = _live_dir(name)
     assert live is not None
@@ -218,8 +229,9 @@ def _sha256(path: Path) -> str:
 
 
 def _chunk_ids(source: str, digest: str, count: int) -> list[str]:
-    return [hashlib.sha256(f"{source}\0{digest}\0{i}".encode()).hexdigest()[:32]
-            for i in range(count)]
+    return [
+        hashlib.sha256(f"{source}\0{digest}\0{i}".encode()).hexdigest()[:32] for i in range(count)
+    ]
 
 
 def ingest(
@@ -248,8 +260,11 @@ def ingest(
         old = read_manifest(name) if live else None
         emb, emb_name = _resolve_embeddings(embeddings, old.embeddings if old else None)
         embedded = old.store == "faiss" if old else is_embedded(get_settings().vector_store)
-        manifest = (old.model_copy(deep=True) if old else
-                    Manifest(embeddings=emb_name, store="faiss" if embedded else "external"))
+        manifest = (
+            old.model_copy(deep=True)
+            if old
+            else Manifest(embeddings=emb_name, store="faiss" if embedded else "external")
+        )
         if embedded:
             store = _load_faiss(live, emb) if live and manifest.chunks else None
         else:
@@ -258,8 +273,7 @@ def ingest(
         written: list[str] = []  # chunk ids added in this run
         stale: list[str] = []  # ids replaced in an external store, dropped once published
         try:
-            store = _apply(files, manifest, store, emb, embedded, report, written, stale,
-                           progress)
+            store = _apply(files, manifest, store, emb, embedded, report, written, stale, progress)
             report.chunks = manifest.chunks
             if report.added or report.updated or live is None:
                 _publish(name, manifest, store if embedded else None)

@@ -82,8 +82,9 @@ def _load(path: Path) -> list[Document]:
         return docs
     if suffix in _HTML:
         # The stdlib parser: BeautifulSoup's default (lxml) is not a dependency.
-        html = BSHTMLLoader(str(path), bs_kwargs={"features": "html.parser"},
-                            get_text_separator="\n")
+        html = BSHTMLLoader(
+            str(path), bs_kwargs={"features": "html.parser"}, get_text_separator="\n"
+        )
         docs = html.load()
         for doc in docs:
             doc.metadata = {"title": doc.metadata.get("title") or ""}

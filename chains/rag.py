@@ -161,6 +161,4 @@ def build_rag_chain(
         )
         | RunnablePassthrough.assign(answer=prompt | llm | StrOutputParser())
     ).pick(["answer", "sources"])
-    return chain.with_types(input_type=RagInput, output_type=RagOutput).with_config(
-        run_name="rag"
-    )
+    return chain.with_types(input_type=RagInput, output_type=RagOutput).with_config(run_name="rag")

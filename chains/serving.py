@@ -1,18 +1,21 @@
 """What the server needs to serve the chains.
 
-- `add_chain_routes(app)`: `/chains/rag`, `/chains/conversation`, `/chains/agent` as
-  LangServe routes (invoke, batch, stream, stream_events, playground).
-- `resolve_rag_model("docs")` / `resolve_rag_model("docs/tiny")`: the chat model behind
+- `chain_runnables(catalog)`: the runnables the server mounts at `/chains/rag`,
+  `/chains/conversation`, `/chains/agent` as LangServe routes.
+- `resolve_rag_model("docs", catalog)` / `("docs/tiny", catalog)`: the chat model behind
   `model: "rag:docs"` (default model) or `"rag:docs/tiny"` on /v1/chat/completions. Its
   messages carry the sources in `response_metadata["sources"]`; the OpenAI routes send
   them as an extra top-level `sources` field.
+
+Models come from the catalog passed in (the server's own); errors are domain errors
+(chatbot.errors), which the HTTP layer maps to statuses. Nothing here imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -26,8 +29,11 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from chains.agent import AgentOutput, agent_runnable, build_agent
+from chains.conversation import build_conversation_chain
+from chains.kb import UnknownKB, open_store
 from chains.rag import (
     SYSTEM_PROMPT,
     RagOutput,
@@ -36,6 +42,10 @@ from chains.rag import (
     format_context,
     to_sources,
 )
+from chatbot.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from chatbot.catalog import ModelCatalog
 
 SOURCES = "sources"
 
@@ -102,68 +112,92 @@ class RagChatModel(BaseChatModel):
             yield self._wrap(chunk, pending)  # type: ignore[arg-type]
             pending = None
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         from langchain_core.language_models.chat_models import generate_from_stream
 
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         from langchain_core.language_models.chat_models import agenerate_from_stream
 
         return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
 
 
-async def resolve_rag_model(spec: str, settings: Any = None, k: int = 4,
-                            **overrides: Any) -> RagChatModel:
+async def resolve_rag_model(
+    spec: str, catalog: ModelCatalog, k: int = 4, **overrides: Any
+) -> RagChatModel:
     """`"kb"` or `"kb/model"` (the part after `rag:`) -> a RagChatModel; the model must be
     served (404 otherwise), an unknown KB is a 404 and an empty one a 400."""
-    from chains.kb import UnknownKB, open_store
-    from chatbot import factory
-    from chatbot.api.errors import APIError
-    from chatbot.api.models import load_engine, served_entry
-
     kb_name, _, model_name = spec.partition("/")
-    entry = served_entry(model_name or None, "chat")
+    entry = catalog.served_entry(model_name or None, "chat")
     try:
         store = await asyncio.to_thread(open_store, kb_name)
     except UnknownKB as exc:
-        raise APIError(404, str(exc), param="model", code="model_not_found") from None
-    await load_engine(entry, settings)
-    llm = factory.get_chat_model(entry.name, **overrides)
+        raise ModelNotFoundError(f"rag:{spec}", "chat", str(exc)) from None
+    await asyncio.to_thread(catalog.load, entry)
+    llm = catalog.chat_model(entry.name, **overrides)
     return RagChatModel(llm=llm, retriever=store.as_retriever(search_kwargs={"k": k}), kb=kb_name)
 
 
 # --- /chains/{name} ----------------------------------------------------------------
 
 
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _blank_default(schema: dict[str, Any]) -> None:
+    if schema.get("default", "") is None:
+        schema["default"] = ""
+
+
+# An optional string, shown in JSON schema as a string defaulting to "": LangServe's
+# playground form cannot render `anyOf: [string, null]` (a blank page: `Unknown type:
+# {"type":"null"}`) and flags a null default as "must be string". Blank means not given.
+OptionalStr = Annotated[
+    str | None,
+    BeforeValidator(_blank_is_none),
+    WithJsonSchema({"type": "string"}),
+    Field(json_schema_extra=_blank_default),
+]
+
+
 class RagRequest(BaseModel):
     question: str = Field(min_length=1)
     kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
-    model: str | None = Field(None, description="Served chat model (default: the default).")
+    model: OptionalStr = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
 
 class ConversationRequest(BaseModel):
     input: str = Field(min_length=1)
     session_id: str = Field(min_length=1, max_length=256)
-    model: str | None = None
-    system_prompt: str | None = None
+    model: OptionalStr = None
+    system_prompt: OptionalStr = None
 
 
 class AgentRequest(BaseModel):
     input: str = Field(min_length=1)
-    kb: str | None = Field(None, description="Adds a search tool over this knowledge base.")
-    model: str | None = None
+    kb: OptionalStr = Field(None, description="Adds a search tool over this knowledge base.")
+    model: OptionalStr = None
 
 
-def _model(name: str | None) -> BaseChatModel:
-    from chatbot import factory
-    from chatbot.api.models import served_entry
-
-    return factory.get_chat_model(served_entry(name, "chat").name)
+def _model(catalog: ModelCatalog, name: str | None) -> BaseChatModel:
+    entry = catalog.served_entry(name, "chat")
+    catalog.load(entry)  # a failure: ModelLoadError, a 503 naming the model (as on /v1)
+    return catalog.chat_model(entry.name)
 
 
 def _request(model: type[BaseModel], value: Any) -> Any:
@@ -171,52 +205,41 @@ def _request(model: type[BaseModel], value: Any) -> Any:
     return model.model_validate(data)
 
 
-def rag_runnable() -> Runnable:
+def rag_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(RagRequest, value)
-        return build_rag_chain(model=_model(req.model), store=req.kb, k=req.k)
+        return build_rag_chain(model=_model(catalog, req.model), store=req.kb, k=req.k)
 
-    return RunnableLambda(build, name="rag").with_types(input_type=RagRequest,
-                                                        output_type=RagOutput)
+    return RunnableLambda(build, name="rag").with_types(
+        input_type=RagRequest, output_type=RagOutput
+    )
 
 
-def conversation_runnable() -> Runnable:
-    from chains.conversation import build_conversation_chain
-
+def conversation_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(ConversationRequest, value)
-        return build_conversation_chain(_model(req.model), system_prompt=req.system_prompt)
+        model = _model(catalog, req.model)
+        return build_conversation_chain(model, system_prompt=req.system_prompt)
 
     return RunnableLambda(build, name="conversation").with_types(
         input_type=ConversationRequest, output_type=AIMessage
     )
 
 
-def agent_chain_runnable() -> Runnable:
-    from chains.agent import AgentOutput, agent_runnable, build_agent
-
+def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(AgentRequest, value)
-        return agent_runnable(build_agent(_model(req.model), kb=req.kb))
+        return agent_runnable(build_agent(_model(catalog, req.model), kb=req.kb))
 
-    return RunnableLambda(build, name="agent").with_types(input_type=AgentRequest,
-                                                          output_type=AgentOutput)
+    return RunnableLambda(build, name="agent").with_types(
+        input_type=AgentRequest, output_type=AgentOutput
+    )
 
 
-def chain_runnables() -> dict[str, Runnable]:
+def chain_runnables(catalog: ModelCatalog) -> dict[str, Runnable]:
+    """The chains the server mounts at /chains/{name}, over models of `catalog`."""
     return {
-        "rag": rag_runnable(),
-        "conversation": conversation_runnable(),
-        "agent": agent_chain_runnable(),
+        "rag": rag_runnable(catalog),
+        "conversation": conversation_runnable(catalog),
+        "agent": agent_chain_runnable(catalog),
     }
-
-
-def add_chain_routes(app: Any) -> list[str]:
-    """Mount every chain at /chains/{name}; returns the paths."""
-    from chatbot.api.langserve_routes import add_runnable_routes
-
-    paths = []
-    for name, runnable in chain_runnables().items():
-        add_runnable_routes(app, f"/chains/{name}", runnable)
-        paths.append(f"/chains/{name}")
-    return paths

@@ -59,8 +59,10 @@ def open_external_store(spec: str, collection: str, embeddings: Embeddings) -> V
             raise StoreConfigError(f"vector_store {spec!r}: cannot import: {exc}") from None
         store = factory(collection, embeddings)
         if not isinstance(store, VectorStore):
-            raise StoreConfigError(f"vector_store {spec!r} returned {type(store).__name__}, "
-                                   "not a langchain_core VectorStore")
+            raise StoreConfigError(
+                f"vector_store {spec!r} returned {type(store).__name__}, "
+                "not a langchain_core VectorStore"
+            )
         return store
     raise StoreConfigError(
         f"vector_store {spec!r}: expected 'faiss', a postgresql+psycopg:// or chroma:// URL, "

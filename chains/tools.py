@@ -25,8 +25,24 @@ _BINARY = {
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCTIONS = {
     name: getattr(math, name)
-    for name in ("sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "log", "log2", "log10",
-                 "exp", "floor", "ceil", "factorial", "radians", "degrees")
+    for name in (
+        "sqrt",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "log",
+        "log2",
+        "log10",
+        "exp",
+        "floor",
+        "ceil",
+        "factorial",
+        "radians",
+        "degrees",
+    )
 } | {"abs": abs, "round": round, "min": min, "max": max}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
@@ -57,14 +73,20 @@ def _eval(node: ast.AST) -> float | int:
         if isinstance(node.op, (ast.Pow, ast.Mult)) and _too_big(node.op, left, right):
             raise ValueError("result too large")
         return _BINARY[type(node.op)](left, right)
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
         args = [_eval(a) for a in node.args]
         if node.func.id == "factorial" and (args and args[0] > 1000):
             raise ValueError("factorial argument larger than 1000")
         return _FUNCTIONS[node.func.id](*args)
-    raise ValueError(f"unsupported element {ast.dump(node)[:60]!r}: use numbers, + - * / // % "
-                     f"** and {', '.join(sorted(_FUNCTIONS))}")
+    raise ValueError(
+        f"unsupported element {ast.dump(node)[:60]!r}: use numbers, + - * / // % "
+        f"** and {', '.join(sorted(_FUNCTIONS))}"
+    )
 
 
 def _too_big(op: ast.operator, left: float | int, right: float | int) -> bool:

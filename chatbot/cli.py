@@ -1,10 +1,11 @@
 """`chatbot` command line: serve, models, chat, tiny-model.
 
-    chatbot serve [--config models.yaml] [--host 127.0.0.1] [--port 8888] [--model NAME_OR_PATH ...]
-    chatbot models [--config models.yaml]
-    chatbot chat [NAME] [--system TEXT] [--temperature T] [--max-tokens N]
-    chatbot tiny-model DIR [--arch qwen2|llama]
-    chatbot quantize SRC DST [--bits 4] [--group-size 128] [--calibration FILE]
+chatbot serve [--config models.yaml] [--host 127.0.0.1] [--port 8888] [--model NAME_OR_PATH ...]
+chatbot deploy [--config models.yaml] [--address auto] [--host 0.0.0.0] [--delete]
+chatbot models [--config models.yaml]
+chatbot chat [NAME] [--system TEXT] [--temperature T] [--max-tokens N]
+chatbot tiny-model DIR [--arch qwen2|llama]
+chatbot quantize SRC DST [--bits 4] [--group-size 128] [--calibration FILE]
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     import uvicorn
 
     from chatbot.api.ops import GracefulServer, configure_logging
-    from chatbot.api.streaming import let_streams_finish_on_shutdown
+    from chatbot.api.sse import let_streams_finish_on_shutdown
     from chatbot.settings import get_settings
 
     settings = get_settings()
@@ -148,6 +149,51 @@ def serve(
         raise _fail(str(exc)) from None
     factory.set_registry(registry)
     run_server(create_app(settings), settings.host, settings.port)
+
+
+@app.command()
+def deploy(
+    config: ConfigOpt = None,
+    address: Annotated[str, typer.Option(help="Ray cluster: 'auto' or HOST:PORT.")] = "auto",
+    host: Annotated[str | None, typer.Option(help="HTTP bind address on every node.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8888).")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Deploy only this entry.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Ray Serve application name.")] = "chatbot",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every replica.")] = 600,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the deployment.")] = False,
+) -> None:
+    """Deploy the registry on a Ray cluster with Ray Serve (docs/deploy.md): one
+    deployment per local model (replicas and resources from its `deploy:` field) behind
+    one ingress with the routes of `chatbot serve`. Returns once it runs."""
+    from chatbot.registry import RegistryError
+
+    try:
+        import ray
+
+        from chatbot.deploy import ray_serve
+    except ImportError:
+        raise _fail("Ray Serve is not installed: pip install 'chatbot[ray]'") from None
+    settings = _use_settings(config=config, host=host, port=port)
+    ray.init(address=address, log_to_driver=False)
+    if delete:
+        ray_serve.undeploy(name)
+        console.print(f"deleted {name!r}")
+        return
+    try:
+        registry = build_registry(settings.config, settings.models_root, model)
+        url = ray_serve.deploy(
+            registry,
+            settings,
+            app_name=name,
+            host=settings.host,
+            port=settings.port,
+            timeout=timeout,
+        )
+    except (RegistryError, ray_serve.DeployError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"[green]deployed[/] {name!r} at {url}")
 
 
 def _engine_column(entry: Any) -> str:
@@ -304,7 +350,11 @@ def quantize(
     texts = load_calibration(calibration) if calibration else None
     try:
         path = run_with_progress(
-            str(src), str(dst), bits=bits, group_size=group_size, calibration=texts,
+            str(src),
+            str(dst),
+            bits=bits,
+            group_size=group_size,
+            calibration=texts,
             trust_remote_code=trust_remote_code,
         )
     except (RuntimeError, FileNotFoundError, ValueError) as exc:

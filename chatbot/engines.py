@@ -25,10 +25,10 @@ PROVIDERS = "chatbot.providers"  # custom providers (model_adapters.custom_provi
 
 # Used when package metadata is missing (e.g. running from a source tree not installed).
 _BUILTIN = {
-    "transformers": "model_adapters.transformers_chat:TransformersEngine",
+    "transformers": "model_adapters.transformers.engine:TransformersEngine",
     "sentence-transformers": "model_adapters.embeddings:SentenceTransformersEngine",
     "openai": "model_adapters.openai_provider:OpenAIEngine",
-    "vllm": "model_adapters.vllm_engine:VLLMEngine",
+    "vllm": "model_adapters.vllm.engine:VLLMEngine",
 }
 
 
@@ -71,10 +71,13 @@ def _load_object(target: str) -> Any:
 
 
 def _entry_point_targets() -> dict[str, str]:
-    targets = dict(_BUILTIN)
+    targets: dict[str, str] = {}
     for group in (PROVIDERS, GROUP):  # an engine wins over a provider of the same name
         for ep in entry_points(group=group):
             targets[ep.name] = ep.value
+    # Ours come from this source tree, not from package metadata that an older install
+    # of this package may have left with other module paths.
+    targets.update(_BUILTIN)
     return targets
 
 
@@ -111,10 +114,6 @@ def pick_engine(entry: ModelEntry) -> tuple[type[Engine], dict[str, str]]:
         cls = engine_class(name)
         reason = cls.unavailable_reason(entry)
         if reason is None:
-            if entry.replicas or entry.fallbacks:  # spread over replicas, then fall back
-                from model_adapters.router import routed
-
-                cls = routed(cls)
             return cls, skipped
         skipped[name] = reason
     detail = "; ".join(f"{n}: {r}" for n, r in skipped.items())

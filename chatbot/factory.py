@@ -1,88 +1,58 @@
-"""The factory: registry entry -> loaded engine (once per process) -> chat model / embeddings."""
+"""The factory functions: thin calls on the default `ModelCatalog` (chatbot.catalog),
+made on first use. Code that needs its own state (a second server, a test) builds its
+own catalog instead: `ModelCatalog(registry)`.
+"""
 
 from __future__ import annotations
 
-import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel
+from chatbot.catalog import ModelCatalog
 
-from chatbot.engines import Engine, pick_engine
-from chatbot.pool import pool
-from chatbot.registry import Registry, load_registry
-from chatbot.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
 
-log = logging.getLogger(__name__)
+    from chatbot.engines import Engine
+    from chatbot.registry import Registry
+    from chatbot.settings import Settings
 
-_lock = threading.RLock()
-_registry: Registry | None = None
-_engines: dict[str, Engine] = {}
-_loading: dict[str, threading.Lock] = {}
-picked: dict[str, tuple[str, dict[str, str]]] = {}  # name -> (engine, {skipped: reason})
+_default: ModelCatalog | None = None
+_default_lock = threading.Lock()
+
+
+def default_catalog() -> ModelCatalog:
+    """The process's default catalog (created on first use, not at import)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ModelCatalog()
+        return _default
 
 
 def get_registry() -> Registry:
-    global _registry
-    with _lock:
-        if _registry is None:
-            s = get_settings()
-            _registry = load_registry(s.config, s.models_root)
-        return _registry
+    return default_catalog().registry
 
 
 def set_registry(registry: Registry | None) -> None:
     """Use another registry (tests, `--config`). Loaded engines of removed names are closed."""
-    global _registry
-    with _lock:
-        _registry = registry
-        for name in list(_engines):
-            if registry is None or name not in registry.entries:
-                unload(name)
+    default_catalog().set_registry(registry)
 
 
 def get_engine(
     name: str | None = None, kind: str = "chat", settings: Settings | None = None
 ) -> Engine:
-    """The loaded engine for a registry entry, loading it on first use (once, even if
-    many threads ask at the same time)."""
-    entry = get_registry().get(name, kind)  # type: ignore[arg-type]
-    with _lock:
-        if entry.name in _engines:
-            pool.touch(entry.name)
-            return _engines[entry.name]
-        gate = _loading.setdefault(entry.name, threading.Lock())
-    with gate:
-        with _lock:
-            if entry.name in _engines:
-                return _engines[entry.name]
-        cls, skipped = pick_engine(entry)
-        for other, reason in skipped.items():
-            log.info("model %s: engine %s skipped: %s", entry.name, other, reason)
-        log.info("model %s: loading with engine %s", entry.name, cls.name or cls.__name__)
-        # The pool evicts idle models first if a memory budget is set.
-        with pool.loading_model(entry, cls):
-            engine = cls(entry, settings or get_settings())
-            pool.track(entry.name, engine)
-        with _lock:
-            _engines[entry.name] = engine
-            picked[entry.name] = (cls.name or cls.__name__, skipped)
-        return engine
+    """The loaded engine for a registry entry, loading it on first use."""
+    return default_catalog().engine(name, kind)  # type: ignore[arg-type]
 
 
 def loaded() -> dict[str, Engine]:
-    with _lock:
-        return dict(_engines)
+    return default_catalog().loaded()
 
 
 def unload(name: str) -> bool:
-    with _lock:
-        engine = _engines.pop(name, None)
-    if engine is not None:
-        engine.close()  # a pooled runtime waits for requests in flight first
-        pool.forget(name, engine)
-    return engine is not None
+    return default_catalog().unload(name)
 
 
 def get_chat_model(name: str | None = None, **overrides: Any) -> BaseChatModel:
@@ -91,8 +61,15 @@ def get_chat_model(name: str | None = None, **overrides: Any) -> BaseChatModel:
     Overrides (temperature, max_tokens, ...) apply to this instance only; the weights
     are shared with every other instance of the same entry.
     """
-    return get_engine(name, "chat").chat_model(**overrides)
+    return default_catalog().chat_model(name, **overrides)
 
 
 def get_embeddings(name: str | None = None) -> Embeddings:
-    return get_engine(name, "embeddings").embeddings()
+    return default_catalog().embeddings(name)
+
+
+def __getattr__(name: str) -> Any:
+    # `factory.picked` (engine picks) reads the default catalog's.
+    if name == "picked":
+        return default_catalog().picked
+    raise AttributeError(name)

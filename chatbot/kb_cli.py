@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-kb_app = typer.Typer(help="Knowledge bases for RAG: ingest files, list, delete.",
-                     no_args_is_help=True)
+kb_app = typer.Typer(
+    help="Knowledge bases for RAG: ingest files, list, delete.", no_args_is_help=True
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -33,8 +34,12 @@ def ingest(
     from chains.kb import KBError
     from chains.kb import ingest as do_ingest
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"ingesting into {name}", total=None)
 
@@ -49,7 +54,8 @@ def ingest(
             return
     console.print(
         f"{name}: {len(result.added)} added, {len(result.updated)} updated, "
-        f"{len(result.unchanged)} unchanged; {result.chunks} chunks", highlight=False
+        f"{len(result.unchanged)} unchanged; {result.chunks} chunks",
+        highlight=False,
     )
 
 

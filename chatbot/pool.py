@@ -5,9 +5,13 @@ Models load lazily on first use, or at start-up for entries with `lazy: false`
 would not fit first evicts the least recently used *idle* model on the same device.
 A model with requests in flight is never evicted; unloading one drains it first.
 
-Every loaded runtime is wrapped in a `PooledRuntime` that counts requests in flight.
+Every loaded runtime is wrapped in a `PooledRuntime` that counts requests in flight
+(the engine keeps its own runtime; the catalog hands the wrapper to chat models).
 After its model is unloaded, a `PooledRuntime` (held by a ChatLocal a user kept) sends
 new requests to a freshly loaded copy, so evicting a model never breaks its clients.
+
+The pool belongs to one chatbot.catalog.ModelCatalog, which passes in its lock, its
+settings and two callbacks (evict a name, reload a name): the pool never imports it.
 """
 
 from __future__ import annotations
@@ -15,24 +19,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from chatbot.errors import PoolBusyError
+from model_adapters.runtime import WEIGHT_SUFFIXES, Runtime, weights_bytes
 
 if TYPE_CHECKING:
     from chatbot.engines import Engine
     from chatbot.registry import ModelEntry
+    from chatbot.settings import Settings
     from model_adapters.generation import Delta, GenerationRequest, Sink
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-class PoolBusyError(RuntimeError):
-    """No room for a model: every resident model is busy for longer than the wait limit."""
+__all__ = ["WEIGHT_SUFFIXES", "ModelPool", "PoolBusyError", "PooledRuntime", "weights_bytes"]
 
 
 @dataclass
@@ -71,13 +74,14 @@ class _TrackingSink:
 class PooledRuntime:
     """Stands in for an engine's runtime (same `submit` contract) and counts requests."""
 
-    def __init__(self, name: str, real: Any, pool: ModelPool) -> None:
+    def __init__(self, name: str, real: Runtime, pool: ModelPool) -> None:
         self.name = name
         self._real = real
         self._pool = pool
         # Kept after unload: ChatLocal renders prompts before it submits.
         self.tokenizer = real.tokenizer
         self.context_length = real.context_length
+        self.stats = real.stats
         self.device = getattr(real, "device", "cpu")
         self.in_flight = 0
         self.closed = False
@@ -91,9 +95,7 @@ class PooledRuntime:
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         if not self._pool._enter(self):
             # This copy was unloaded: use (or load) the current one.
-            from chatbot.factory import get_engine
-
-            get_engine(self.name).runtime.submit(request, sink)
+            self._pool.reload(self.name).submit(request, sink)
             return
         try:
             self._real.submit(request, _TrackingSink(sink, lambda: self._pool._leave(self)))
@@ -105,17 +107,12 @@ class PooledRuntime:
         """Refuse new requests, wait for those in flight, then close the real runtime."""
         self._pool._drain(self)
         real, self._real = self._real, None
-        if real is not None and hasattr(real, "close"):
+        if real is not None:
             real.close()
 
-
-def weights_bytes(path: Path | None) -> int:
-    """Size of the weight files of a local checkpoint (an estimate before loading)."""
-    if path is None or not path.exists():
-        return 0
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES))
+    def memory_bytes(self) -> int:
+        real = self._real
+        return real.memory_bytes() if real is not None else 0
 
 
 def _device_class(device: str) -> str:
@@ -123,7 +120,17 @@ def _device_class(device: str) -> str:
 
 
 class ModelPool:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        lock: threading.RLock,
+        evict: Callable[[str], None],
+        reload: Callable[[str], Runtime],
+    ) -> None:
+        self._settings = settings
+        self._catalog_lock = lock  # taken with ours while choosing a victim
+        self._evict = evict  # the catalog forgets the engine of a name
+        self.reload = reload  # the current runtime of a name, loading it if needed
         self._cond = threading.Condition(threading.RLock())
         self._load_lock = threading.RLock()  # re-entrant: an engine may load another
         self.resident: dict[str, Resident] = {}
@@ -149,20 +156,20 @@ class ModelPool:
             self._cond.notify_all()
 
     def _drain(self, runtime: PooledRuntime) -> None:
-        from chatbot.settings import get_settings
-
         # A request can't outlive the per-request deadline; don't wait forever on a
         # runtime whose worker died.
-        limit = get_settings().request_timeout
+        limit = self._settings().request_timeout
         with self._cond:
             runtime.closed = True
             if not self._cond.wait_for(lambda: runtime.in_flight == 0, timeout=limit):
                 log.warning(
                     "model %s: closing with %d requests still in flight after %.0f s",
-                    runtime.name, runtime.in_flight, limit,
+                    runtime.name,
+                    runtime.in_flight,
+                    limit,
                 )
 
-    # --- hooks called by chatbot.factory ---------------------------------------------
+    # --- hooks called by chatbot.catalog ---------------------------------------------
 
     def touch(self, name: str) -> None:
         with self._cond:
@@ -185,13 +192,13 @@ class ModelPool:
             with self._cond:
                 self.loading.discard(entry.name)
 
-    def track(self, name: str, engine: Engine) -> None:
-        """Record a freshly loaded engine and wrap its runtime to count requests."""
+    def track(self, name: str, engine: Engine) -> PooledRuntime | None:
+        """Record a freshly loaded engine; its runtime (if it has one) wrapped to count
+        requests. The engine is left as it is: callers use the returned wrapper."""
         runtime = getattr(engine, "runtime", None)
         pooled = None
-        if runtime is not None and hasattr(runtime, "submit"):
+        if isinstance(runtime, Runtime):
             pooled = PooledRuntime(name, runtime, self)
-            engine.runtime = pooled  # type: ignore[attr-defined]
         device = getattr(runtime, "device", None) or getattr(engine, "device", "cpu")
         with self._cond:
             self.resident[name] = Resident(
@@ -199,6 +206,7 @@ class ModelPool:
             )
             self.loads[name] = self.loads.get(name, 0) + 1
             self.last_use[name] = time.time()
+        return pooled
 
     def forget(self, name: str, engine: Engine) -> None:
         with self._cond:
@@ -208,11 +216,8 @@ class ModelPool:
 
     # --- budget ----------------------------------------------------------------------
 
-    @staticmethod
-    def budget(device: str) -> int | None:
-        from chatbot.settings import get_settings
-
-        s = get_settings()
+    def budget(self, device: str) -> int | None:
+        s = self._settings()
         value = s.memory_budget_gpu if device == "gpu" else s.memory_budget_cpu
         return int(value) if value is not None else None
 
@@ -233,23 +238,20 @@ class ModelPool:
             return _device_class(device), int(size)
         if not cls.needs_path:
             return "cpu", 0  # a remote client
-        from model_adapters.hf_engine import pick_device
+        from model_adapters.transformers.runtime import pick_device
 
         return _device_class(pick_device(entry.options.device)), weights_bytes(entry.resolved_path)
 
     def make_room(self, entry: ModelEntry, cls: type[Engine]) -> None:
         """Evict idle models, least recently used first, until `entry` fits its budget."""
-        from chatbot import factory
-        from chatbot.settings import get_settings
-
         device, need = self.estimate(entry, cls)
         budget = self.budget(device)
         if budget is None or need == 0:
             return
-        deadline = time.monotonic() + get_settings().pool_wait_timeout
+        deadline = time.monotonic() + self._settings().pool_wait_timeout
         while True:
             victim: Resident | None = None
-            with factory._lock, self._cond:
+            with self._catalog_lock, self._cond:
                 used = self.used(device)
                 if used + need <= budget:
                     return
@@ -264,11 +266,14 @@ class ModelPool:
                     victim.leaving = True
                     if victim.runtime is not None:
                         victim.runtime.closed = True  # no new request can enter it now
-                    factory._engines.pop(name, None)
+                    self._evict(name)
                 elif not others:
                     log.warning(
                         "model %s (%d bytes) exceeds the %s budget of %d bytes; loading anyway",
-                        entry.name, need, device, budget,
+                        entry.name,
+                        need,
+                        device,
+                        budget,
                     )
                     return
                 else:
@@ -284,7 +289,7 @@ class ModelPool:
                 victim.engine.close()
                 self.forget(name, victim.engine)
                 continue
-            # Wait outside factory._lock so that busy models can finish their requests.
+            # Wait outside the catalog's lock so that busy models can finish their requests.
             with self._cond:
                 self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
 
@@ -299,10 +304,10 @@ class ModelPool:
                 return "loaded"
             return "loading" if name in self.loading else "unloaded"
 
-    def describe(self, entry: ModelEntry) -> dict[str, Any]:
+    def describe(
+        self, entry: ModelEntry, picked: dict[str, tuple[str, dict[str, str]]]
+    ) -> dict[str, Any]:
         """State, memory, last use and requests in flight of one registry entry."""
-        from chatbot.factory import picked
-
         with self._cond:
             res = self.resident.get(entry.name)
             last = self.last_use.get(entry.name)
@@ -320,6 +325,3 @@ class ModelPool:
                 "loads": self.loads.get(entry.name, 0),
                 "lazy": entry.lazy,
             }
-
-
-pool = ModelPool()

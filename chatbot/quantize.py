@@ -90,8 +90,13 @@ def quantize(
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> None:
     # The chat template and tokenizer must travel with the weights.
-    for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "generation_config.json"):
+    for name in (
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ):
         if (src / name).exists() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)
 

@@ -27,9 +27,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chatbot.engines import engine_class, known_engines
+from chatbot.errors import ModelNotFoundError
 
 Kind = Literal["chat", "embeddings"]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -75,7 +85,7 @@ class Replica(BaseModel):
 
 
 class RouterOptions(BaseModel):
-    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router)."""
+    """How an entry with `replicas`/`fallbacks` routes (see model_adapters.router.engine)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +93,38 @@ class RouterOptions(BaseModel):
     cooldown: float = Field(30.0, ge=0, description="Seconds a failed replica is skipped.")
     backoff: float = Field(0.1, ge=0, description="First retry delay, doubled per retry.")
     max_backoff: float = Field(2.0, ge=0)
+
+
+class DeployOptions(BaseModel):
+    """How `chatbot deploy` runs this entry on a Ray cluster (chatbot.deploy.ray_serve):
+    `replicas` to start with; with `min`/`max`, Ray Serve autoscales between them on
+    requests in flight per replica. Resources are per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=0)
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: ByteSize | None = Field(None, description="RAM per replica, e.g. 2GiB.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Per replica; more wait.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target.")
+    upscale_delay: float = Field(30.0, ge=0, description="Seconds over target to scale up.")
+    downscale_delay: float = Field(600.0, ge=0, description="Seconds under to scale down.")
+    look_back: float = Field(30.0, gt=0, description="Seconds of load averaged to scale.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeployOptions:
+        low = self.min if self.min is not None else min(self.replicas, 1)
+        high = self.max if self.max is not None else max(self.replicas, low)
+        if not low <= self.replicas <= high:
+            raise ValueError(f"need min <= replicas <= max, got {low} <= {self.replicas} <= {high}")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min is not None or self.max is not None
 
 
 class ModelEntry(BaseModel):
@@ -117,6 +159,7 @@ class ModelEntry(BaseModel):
     tool_parser: str = "auto"
     max_batch_size: int = Field(8, ge=1)
     max_queue: int = Field(256, ge=1)
+    deploy: DeployOptions = Field(default_factory=DeployOptions)  # `chatbot deploy` (Ray)
 
     # Filled in by the registry, not by users.
     resolved_path: Path | None = Field(None, exclude=True)
@@ -129,6 +172,13 @@ class ModelEntry(BaseModel):
     @property
     def is_local(self) -> bool:
         return self.path is not None
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """The entry's `defaults` as chat-model fields (an empty `stop` left out)."""
+        defaults = self.defaults.model_dump(exclude_none=True)
+        if not defaults.get("stop"):
+            defaults.pop("stop", None)
+        return defaults
 
 
 class RegistryFile(BaseModel):
@@ -162,8 +212,22 @@ class Registry:
         )
         self.serve = serve if serve is not None else list(entries)
 
+    def default_name(self, name: str | None, kind: Kind = "chat") -> str | None:
+        """`name`, or the registry's default model of that kind when none is given."""
+        return name or (self.default_model if kind == "chat" else self.default_embeddings)
+
+    def served_entry(self, name: str | None, kind: Kind | None = "chat") -> ModelEntry:
+        """The served entry of that kind (None: any kind, no default), else
+        ModelNotFoundError (a 404 over HTTP)."""
+        if kind is not None:
+            name = self.default_name(name, kind)
+        entry = self.entries.get(name or "")
+        if entry is None or entry.name not in self.serve or kind not in (None, entry.kind):
+            raise ModelNotFoundError(name, kind or "model")
+        return entry
+
     def get(self, name: str | None, kind: Kind = "chat") -> ModelEntry:
-        name = name or (self.default_model if kind == "chat" else self.default_embeddings)
+        name = self.default_name(name, kind)
         entry = self.entries.get(name or "")
         if entry is None or entry.kind != kind:
             names = sorted(e.name for e in self.entries.values() if e.kind == kind)
@@ -171,9 +235,7 @@ class Registry:
         return entry
 
     def served(self, kind: Kind | None = None) -> list[ModelEntry]:
-        return [
-            self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind
-        ]
+        return [self.entries[n] for n in self.serve if kind is None or self.entries[n].kind == kind]
 
 
 # --- loading -------------------------------------------------------------------------
@@ -196,9 +258,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -273,14 +333,14 @@ def _check_entry(entry: ModelEntry, models_root: Path, where: str) -> None:
             field = "provider" if entry.provider else f"engines[{i}]"
             found = exc.args and exc.args[0] != name  # found but unusable: say why
             reason = exc.args[0] if found else f"unknown engine {name!r}"
-            raise RegistryError(
-                f"{where}.{field}: {reason} (known: {known_engines()})"
-            ) from exc
+            raise RegistryError(f"{where}.{field}: {reason} (known: {known_engines()})") from exc
         if entry.kind not in cls.kinds:
             raise RegistryError(f"{where}: engine {name!r} cannot serve {entry.kind} models")
         if entry.replicas and cls.needs_path:
-            raise RegistryError(f"{where}.replicas: engine {name!r} is local; replicas need "
-                                "a remote provider (each replica is a base_url)")
+            raise RegistryError(
+                f"{where}.replicas: engine {name!r} is local; replicas need "
+                "a remote provider (each replica is a base_url)"
+            )
         if cls.needs_path and entry.path is None:
             raise RegistryError(f"{where}.path: engine {name!r} needs a 'path'")
         if not cls.needs_path and entry.model is None and entry.path is None:
@@ -338,8 +398,10 @@ def parse_registry(data: Any, models_root: Path, source: str = "<memory>") -> Re
         while todo:
             name = todo.pop()
             if name == entry.name:
-                raise RegistryError(f"{source}: models.{entry.name}.fallbacks: fallbacks "
-                                    f"form a cycle back to {entry.name!r}")
+                raise RegistryError(
+                    f"{source}: models.{entry.name}.fallbacks: fallbacks "
+                    f"form a cycle back to {entry.name!r}"
+                )
             if name not in path:
                 path.append(name)
                 todo.extend(entries[name].fallbacks)

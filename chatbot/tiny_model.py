@@ -95,10 +95,16 @@ def build_tiny_model(
     hidden_size: int = 128,
     num_heads: int = 2,
     num_layers: int = 2,
+    num_kv_heads: int | None = None,
     max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny random chat model (weights, tokenizer, template) to `out_dir`."""
+    """Write a tiny random chat model (weights, tokenizer, template) to `out_dir`.
+
+    head_dim is hidden_size / num_heads: 64 by default (vLLM's CPU attention takes 32, 64,
+    80, 96, 112, 128, 160, ...; tensor parallelism splits heads and KV heads across ranks).
+    `num_kv_heads` below num_heads gives grouped-query attention.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -140,7 +146,7 @@ def build_tiny_model(
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
         max_position_embeddings=max_position_embeddings,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,

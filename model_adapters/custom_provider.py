@@ -114,11 +114,20 @@ class CustomProvider:
         """The engine class the registry uses for this provider (see chatbot.engines)."""
         if "_engine" not in cls.__dict__:
             methods = {"chat": ("chat", "achat"), "embeddings": ("embed", "aembed")}
-            kinds = {kind for kind, names in methods.items()
-                     if any(getattr(cls, m) is not getattr(CustomProvider, m) for m in names)}
-            cls._engine = type(f"{cls.__name__}Engine", (ProviderEngine,), {
-                "provider_cls": cls, "name": cls.__name__, "kinds": frozenset(kinds),
-            })
+            kinds = {
+                kind
+                for kind, names in methods.items()
+                if any(getattr(cls, m) is not getattr(CustomProvider, m) for m in names)
+            }
+            cls._engine = type(
+                f"{cls.__name__}Engine",
+                (ProviderEngine,),
+                {
+                    "provider_cls": cls,
+                    "name": cls.__name__,
+                    "kinds": frozenset(kinds),
+                },
+            )
         return cls._engine
 
 
@@ -157,10 +166,12 @@ class _Collector:
 
     def chunk(self, item: str | Reply) -> ChatGenerationChunk | None:
         if isinstance(item, Reply):
-            self.input_tokens = item.input_tokens if item.input_tokens is not None \
-                else self.input_tokens
-            self.output_tokens = item.output_tokens if item.output_tokens is not None \
-                else self.output_tokens
+            self.input_tokens = (
+                item.input_tokens if item.input_tokens is not None else self.input_tokens
+            )
+            self.output_tokens = (
+                item.output_tokens if item.output_tokens is not None else self.output_tokens
+            )
             self.finish_reason = item.finish_reason or self.finish_reason
             item = item.text
         if not isinstance(item, str):
@@ -174,7 +185,9 @@ class _Collector:
             usage = UsageMetadata(input_tokens=i, output_tokens=o, total_tokens=i + o)
         info = {"finish_reason": self.finish_reason, "model_name": self.model}
         message = AIMessageChunk(
-            content="", usage_metadata=usage, chunk_position="last",
+            content="",
+            usage_metadata=usage,
+            chunk_position="last",
             response_metadata={**info, "model_provider": "custom"},
         )
         return ChatGenerationChunk(message=message, generation_info=info)
@@ -210,10 +223,16 @@ class ChatCustom(BaseChatModel):
             cls = getattr(engine_class(self.provider), "provider_cls", None)
             if cls is None:
                 raise ValueError(f"provider: {self.provider!r} is not a CustomProvider")
-            self.provider = cls(ProviderConfig(
-                name=self.model, model=self.model, base_url=self.base_url,
-                api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries,
-            ))
+            self.provider = cls(
+                ProviderConfig(
+                    name=self.model,
+                    model=self.model,
+                    base_url=self.base_url,
+                    api_key=self.api_key,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
+            )
         if not isinstance(self.provider, CustomProvider):
             raise ValueError("provider: expected a CustomProvider instance or its name")
         return self
@@ -227,19 +246,33 @@ class ChatCustom(BaseChatModel):
         return {"provider": type(self.provider).__name__, "model": self.model}
 
     def _params(self, stop: list[str] | None, stream: bool, kwargs: dict[str, Any]) -> dict:
-        base = {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                "top_p": self.top_p, "stop": stop or self.stop or None, "seed": self.seed}
+        base = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "stop": stop or self.stop or None,
+            "seed": self.seed,
+        }
         params = {**self.params, **{k: v for k, v in base.items() if v is not None}}
         return {**params, **{k: v for k, v in kwargs.items() if v is not None}, "stream": stream}
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         yield from self._run(messages, stop, run_manager, True, kwargs)
 
-    def _run(self, messages: list[BaseMessage], stop: list[str] | None,
-             run_manager: CallbackManagerForLLMRun | None, stream: bool,
-             kwargs: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
+    def _run(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        stream: bool,
+        kwargs: dict[str, Any],
+    ) -> Iterator[ChatGenerationChunk]:
         collector = _Collector(kwargs.get("model") or self.model)
         result = self.provider.chat(to_chat_dicts(messages), self._params(stop, stream, kwargs))
         for item in _items(result):
@@ -249,15 +282,24 @@ class ChatCustom(BaseChatModel):
                 yield chunk
         yield collector.last()
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         async for chunk in self._arun(messages, stop, run_manager, True, kwargs):
             yield chunk
 
-    async def _arun(self, messages: list[BaseMessage], stop: list[str] | None,
-                    run_manager: AsyncCallbackManagerForLLMRun | None, stream: bool,
-                    kwargs: dict[str, Any]) -> AsyncIterator[ChatGenerationChunk]:
+    async def _arun(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        stream: bool,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[ChatGenerationChunk]:
         collector = _Collector(kwargs.get("model") or self.model)
         result = self.provider.achat(to_chat_dicts(messages), self._params(stop, stream, kwargs))
         async for item in _aitems(result):
@@ -267,14 +309,22 @@ class ChatCustom(BaseChatModel):
                 yield chunk
         yield collector.last()
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return generate_from_stream(self._run(messages, stop, run_manager, False, kwargs))
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return await agenerate_from_stream(self._arun(messages, stop, run_manager, False, kwargs))
 
 
@@ -306,14 +356,15 @@ class ProviderEngine(Engine):
         self.provider = self.provider_cls(ProviderConfig.from_entry(entry))
 
     def chat_model(self, **overrides: Any) -> ChatCustom:
-        defaults = self.entry.defaults.model_dump(exclude_none=True)
-        if not defaults.get("stop"):
-            defaults.pop("stop", None)
+        defaults = self.entry.generation_defaults()
         fields = {**defaults, **overrides}
         known = {k: v for k, v in fields.items() if k in ChatCustom.model_fields}
         extra = {k: v for k, v in fields.items() if k not in ChatCustom.model_fields}
-        return ChatCustom(provider=self.provider, model=self.provider.config.model,
-                          **{**known, "params": {**self.entry.params, **extra}})
+        return ChatCustom(
+            provider=self.provider,
+            model=self.provider.config.model,
+            **{**known, "params": {**self.entry.params, **extra}},
+        )
 
     def embeddings(self) -> ProviderEmbeddings:
         return ProviderEmbeddings(self.provider)

@@ -52,7 +52,7 @@ class SentenceTransformersEngine(Engine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from sentence_transformers import SentenceTransformer
 
-        from model_adapters.hf_engine import pick_device
+        from model_adapters.transformers.runtime import pick_device
 
         super().__init__(entry, settings)
         self.model = SentenceTransformer(

@@ -10,15 +10,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatbot.errors import ContextLengthError, QueueFullError
 
-class ContextLengthError(ValueError):
-    """The prompt (plus requested tokens) does not fit the model's context window."""
-
-    code = "context_length_exceeded"
-
-
-class QueueFullError(RuntimeError):
-    """The engine's request queue is full; retry later (HTTP 429)."""
+__all__ = ["ContextLengthError", "QueueFullError"]  # re-exported: engines import them here
 
 
 @dataclass

@@ -10,6 +10,7 @@ work on invoke/stream/batch, sync and async.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from model_adapters.constrained import check_constraint, response_format_constra
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
 from model_adapters.prompting import encode, render_chat
+from model_adapters.runtime import Runtime
 from model_adapters.structured import structured_output_runnable
 from model_adapters.tool_parsers import PARSERS, ParsedOutput, ToolCallParser, get_parser
 from model_adapters.tool_stream import ToolCallStream
@@ -48,7 +50,7 @@ class ChatLocal(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     model: str = Field(alias="model_name")
-    runtime: Any = Field(default=None, exclude=True, repr=False)
+    runtime: Runtime | None = Field(default=None, exclude=True, repr=False)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
@@ -66,9 +68,11 @@ class ChatLocal(BaseChatModel):
     @model_validator(mode="after")
     def _attach_runtime(self) -> ChatLocal:
         if self.runtime is None:
-            from chatbot.factory import get_engine
-
-            self.runtime = get_engine(self.model).runtime
+            # `ChatLocal(model="tiny")` on its own: the default catalog's runtime. Looked
+            # up by module name at call time: the catalog lives in a layer above this one
+            # and hands its runtime in (`runtime=`) whenever it builds a ChatLocal itself.
+            factory = importlib.import_module("chatbot.factory")
+            self.runtime = factory.default_catalog().runtime(self.model)
         return self
 
     @property
@@ -173,6 +177,32 @@ class ChatLocal(BaseChatModel):
             stop=stops,
             constraint=kwargs.get("constraint"),
         )
+
+    # --- raw prompts (the legacy completions API): no chat template ------------------
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a raw prompt (text, or ids checked against the vocabulary)."""
+        tokenizer = self.runtime.tokenizer
+        ids = list(prompt) if isinstance(prompt, list) else encode(tokenizer, prompt)
+        if not ids:
+            raise ValueError("'prompt' must not be empty.")
+        if min(ids) < 0 or max(ids) >= len(tokenizer):
+            raise ValueError(f"'prompt' has token ids outside 0..{len(tokenizer) - 1}.")
+        return ids
+
+    def decode_prompt(self, prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.runtime.tokenizer.decode(prompt, skip_special_tokens=False)
+
+    async def astream_prompt(
+        self, prompt: str | list[int], stop: list[str] | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Generate straight from a raw prompt: the same chunks (usage, finish reason)
+        as `astream` gives for messages."""
+        request = self.request_for_prompt(self.encode_prompt(prompt), stop, **kwargs)
+        async for chunk in self._run_async(request, _Output(self.model, None), None):
+            yield chunk.message  # type: ignore[misc]
 
     # --- generation: _stream and _astream share _Output, _generate reuses them -------
 
@@ -313,17 +343,21 @@ class _Output:
 
 
 class LocalEngine(Engine):
-    """Base for engines whose weights live in this process behind a runtime (`self.runtime`
-    with `submit`, `tokenizer`, `memory_bytes`, `close`): they all serve `ChatLocal`."""
+    """Base for engines whose weights live in this process behind a runtime
+    (`self.runtime`, a model_adapters.runtime.Runtime): they all serve `ChatLocal`.
+    The catalog passes `runtime=` (its pooled wrapper) when it builds chat models."""
 
-    runtime: Any
+    runtime: Runtime
 
     def chat_model(self, **overrides: Any) -> ChatLocal:
-        defaults = self.entry.defaults.model_dump(exclude_none=True)
-        if not defaults.get("stop"):
-            defaults.pop("stop", None)
-        params = {**defaults, "tool_parser": self.entry.tool_parser, **overrides}
-        return ChatLocal(model=self.entry.name, runtime=self.runtime, **params)
+        defaults = self.entry.generation_defaults()
+        params = {
+            "runtime": self.runtime,
+            **defaults,
+            "tool_parser": self.entry.tool_parser,
+            **overrides,
+        }
+        return ChatLocal(model=self.entry.name, **params)
 
     def memory_bytes(self) -> int:
         return self.runtime.memory_bytes()

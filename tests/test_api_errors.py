@@ -74,12 +74,24 @@ def test_unknown_route_and_method(http):
         ("/v1/chat/completions", {"model": "tiny"}, "messages"),
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, "messages"),
         ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, "messages"),
-        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "temperature": 3}, "temperature"),
-        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": HELLO, "temperature": 3},
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": HELLO, "max_tokens": 0},
+            "max_tokens",
+        ),
         ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "top_p": 0}, "top_p"),
         ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "n": 0}, "n"),
         ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "stop": 5}, "stop"),
-        ("/v1/chat/completions", {"model": "tiny", "messages": [{"content": "x"}]}, "messages[0].role"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"content": "x"}]},
+            "messages[0].role",
+        ),
         (
             "/v1/chat/completions",
             {"model": "tiny", "messages": [{"role": "user", "content": 7}]},
@@ -95,7 +107,11 @@ def test_unknown_route_and_method(http):
             {"model": "tiny", "messages": [{"role": "tool", "content": "x"}]},
             "messages[0].tool_call_id",
         ),
-        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "logprobs": True}, "logprobs"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": HELLO, "logprobs": True},
+            "logprobs",
+        ),
         (
             "/v1/chat/completions",
             {"model": "tiny", "messages": HELLO, "tool_choice": "required"},
@@ -114,7 +130,11 @@ def test_unknown_route_and_method(http):
         ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 2}, "logprobs"),
         ("/v1/embeddings", {"model": "minilm", "input": []}, "input"),
         ("/v1/embeddings", {"model": "minilm", "input": [1, 2, 3]}, "input"),
-        ("/v1/embeddings", {"model": "minilm", "input": "x", "encoding_format": "hex"}, "encoding_format"),
+        (
+            "/v1/embeddings",
+            {"model": "minilm", "input": "x", "encoding_format": "hex"},
+            "encoding_format",
+        ),
         ("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 3}, "dimensions"),
     ],
 )
@@ -139,13 +159,20 @@ def test_no_bad_input_ever_gets_a_500(http):
         {
             "model": "tiny",
             "messages": [
-                {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}],
+                }
             ],
         },
         {"model": "tiny", "messages": HELLO, "stream_options": "yes"},
         {"model": "tiny", "messages": HELLO, "tools": [{"type": "function"}]},
         {"model": "tiny", "messages": HELLO, "seed": "x"},
-        {"model": "tiny", "messages": [{"role": "user", "content": "x" * 10}], "max_tokens": 10**12},
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x" * 10}],
+            "max_tokens": 10**12,
+        },
     ]
     for body in bodies:
         r = http.post("/v1/chat/completions", json=body)
@@ -153,7 +180,10 @@ def test_no_bad_input_ever_gets_a_500(http):
         if r.status_code >= 400:
             assert_error(r, r.status_code)
     # The server is still fine.
-    assert http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO}).status_code == 200
+    assert (
+        http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO}).status_code
+        == 200
+    )
 
 
 # --- context length, overload, load failure ----------------------------------------
@@ -164,7 +194,11 @@ def test_prompt_longer_than_context_is_400(http):
     for stream in (False, True):
         r = http.post(
             "/v1/chat/completions",
-            json={"model": "tiny", "messages": [{"role": "user", "content": long}], "stream": stream},
+            json={
+                "model": "tiny",
+                "messages": [{"role": "user", "content": long}],
+                "stream": stream,
+            },
         )
         error = assert_error(r, 400, code="context_length_exceeded")
         assert "1024" in error["message"]
@@ -211,7 +245,10 @@ def test_queue_full_is_429_with_retry_after(server_url, http, small_queue_model)
         time.sleep(0.3)  # from "in flight" to "submitted to the engine"
         for path, body in [
             ("/v1/chat/completions", {"model": small_queue_model, "messages": HELLO}),
-            ("/v1/chat/completions", {"model": small_queue_model, "messages": HELLO, "stream": True}),
+            (
+                "/v1/chat/completions",
+                {"model": small_queue_model, "messages": HELLO, "stream": True},
+            ),
             ("/v1/completions", {"model": small_queue_model, "prompt": "hi"}),
         ]:
             r = http.post(path, json=body)
@@ -224,7 +261,8 @@ def test_queue_full_is_429_with_retry_after(server_url, http, small_queue_model)
     assert opened[0] == 200
     # Room again once the streams are gone (their generations were cancelled).
     ok = http.post(
-        "/v1/chat/completions", json={"model": small_queue_model, "messages": HELLO, "max_tokens": 2}
+        "/v1/chat/completions",
+        json={"model": small_queue_model, "messages": HELLO, "max_tokens": 2},
     )
     assert ok.status_code == 200, ok.text
 
@@ -234,7 +272,9 @@ def test_a_model_that_fails_to_load_is_503_and_the_server_goes_on(http, monkeypa
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     registry = factory.get_registry()
-    entry = parse_registry({"models": {"broken": {"path": str(broken)}}}, tmp_path).entries["broken"]
+    entry = parse_registry({"models": {"broken": {"path": str(broken)}}}, tmp_path).entries[
+        "broken"
+    ]
     monkeypatch.setitem(registry.entries, "broken", entry)
     monkeypatch.setattr(registry, "serve", [*registry.serve, "broken"])
 
@@ -253,5 +293,7 @@ def test_a_model_that_fails_to_load_is_503_and_the_server_goes_on(http, monkeypa
 def test_langserve_bad_input_is_not_500(http):
     r = http.post("/models/tiny/invoke", json={"input": {"not": "messages"}})
     assert 400 <= r.status_code < 500, r.text
-    r = http.post("/models/tiny/invoke", content=b"{nope", headers={"content-type": "application/json"})
+    r = http.post(
+        "/models/tiny/invoke", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert 400 <= r.status_code < 500, r.text

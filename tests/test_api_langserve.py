@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
@@ -11,6 +13,7 @@ from chatbot import factory
 from chatbot.api import create_app
 from chatbot.registry import parse_registry
 from chatbot.settings import Settings
+from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 from tests.server_utils import start_server
 
 
@@ -90,3 +93,37 @@ def test_lazy_models_load_on_first_use(_registry, monkeypatch, tmp_path):
             assert httpx.get(f"{url}/ready").json()["models"]["tiny-lazy"] == "loaded"
     finally:
         factory.unload("tiny-lazy")
+
+
+def test_a_model_that_fails_to_load_is_a_503_on_streams(models_root, tmp_path, data_dir):  # noqa: F811
+    """Streamed LangServe routes (a model's and a chain's) answer a load failure with the
+    503 that names the model, as /v1 does: not the 400 of the failure's own ValueError."""
+    from chatbot.catalog import ModelCatalog
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # no tokenizer: loading raises ValueError
+    data = {
+        "default_model": "tiny",
+        "models": {
+            "tiny": {"path": str(models_root / "tiny-qwen2"), "lazy": True},
+            "broken": {"path": str(broken), "lazy": True},
+        },
+    }
+    catalog = ModelCatalog(parse_registry(data, models_root))
+    app = create_app(Settings(api_keys=[]), show_progress=False, catalog=catalog)
+    bodies = {
+        "/models/broken/stream": {"input": "hi"},
+        "/chains/conversation/stream": {
+            "input": {"input": "hi", "session_id": "s", "model": "broken"}
+        },
+    }
+    with start_server(app) as url:
+        for path, body in bodies.items():
+            response = httpx.post(f"{url}{path}", json=body, timeout=60)
+            assert "event: error" in response.text, (path, response.text)
+            data_line = response.text.split("event: error", 1)[1].split("data: ", 1)[1]
+            error = json.loads(data_line.splitlines()[0])
+            assert error["status_code"] == 503, (path, error)
+            assert "broken" in error["message"] and "failed to load" in error["message"]
+    catalog.close()

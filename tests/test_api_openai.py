@@ -88,7 +88,9 @@ def test_chat_stream_with_usage(client):
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == [full.choices[0].finish_reason]
     assert len({c.id for c in chunks}) == 1
     last = chunks[-1]
@@ -137,7 +139,9 @@ def test_chat_options_n_stop_seed_and_length(client):
     runs = [
         client.chat.completions.create(
             model="tiny", messages=HELLO, max_tokens=8, temperature=1.0, seed=7
-        ).choices[0].message.content
+        )
+        .choices[0]
+        .message.content
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
@@ -157,7 +161,10 @@ def test_chat_content_parts_and_roles(client):
         max_tokens=4,
         messages=[
             {"role": "developer", "content": "You are terse."},
-            {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+            },
             {"role": "assistant", "content": "hello"},
             {"role": "user", "content": "again"},
         ],
@@ -270,7 +277,9 @@ def test_embeddings_float_and_base64(client, http):
     assert decoded == pytest.approx(vector, abs=1e-6)
 
     # The official client asks for base64 itself when no format is given, and decodes.
-    via_client = client.embeddings.create(model="minilm", input="hello world", encoding_format="base64")
+    via_client = client.embeddings.create(
+        model="minilm", input="hello world", encoding_format="base64"
+    )
     assert isinstance(via_client.data[0].embedding, str)
     single = client.embeddings.create(model="minilm", input="hello world")
     assert single.data[0].embedding == pytest.approx(vector, abs=1e-6)

@@ -14,6 +14,7 @@ import pytest
 from chatbot import factory
 from chatbot.api import create_app
 from chatbot.settings import Settings
+from tests.gates import HeldSteps
 from tests.openai_schema import validate
 from tests.server_utils import start_server
 
@@ -240,11 +241,13 @@ def _stats():
 
 
 def test_request_deadline_ends_a_stream_with_an_error_event(_registry):
+    runtime = factory.get_engine("tiny").runtime
     with serve(request_timeout=1.0) as url:
         stats = _stats()
         cancelled = stats.cancelled
         body = {"model": "tiny", "messages": HELLO, "max_tokens": 1024, "stream": True}
-        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        with HeldSteps(runtime, steps=8):  # held until the response has ended
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200
         events = [b[len("data: ") :] for b in r.text.strip().split("\n\n")]
         assert events[-1] == "[DONE]"
@@ -255,9 +258,8 @@ def test_request_deadline_ends_a_stream_with_an_error_event(_registry):
         # The abandoned generation was cancelled, not left running.
         assert wait_until(lambda: stats.cancelled > cancelled, 30)
 
-        r = httpx.post(
-            f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=60
-        )
+        with HeldSteps(runtime, steps=0):
+            r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "timeout"
 

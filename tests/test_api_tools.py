@@ -78,9 +78,9 @@ def test_tool_calls_map_to_openai_format(client, http):
 def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
     from langchain_core.language_models import FakeListChatModel
 
-    from chatbot.api.chat_routes import bind_tools
     from chatbot.api.errors import APIError
-    from chatbot.api.protocol import ChatCompletionRequest
+    from chatbot.api.openai.chat import bind_tools
+    from chatbot.api.openai.protocol import ChatCompletionRequest
 
     model = FakeListChatModel(responses=["x"])  # LangChain's base bind_tools raises
     body = ChatCompletionRequest(model="fake", messages=HELLO, tools=TOOLS, tool_choice="auto")
@@ -91,7 +91,9 @@ def test_tools_on_a_model_without_tool_calling_are_a_clear_400():
         "tools",
         "tools_not_supported",
     )
-    body = ChatCompletionRequest(model="fake", messages=HELLO, response_format={"type": "json_object"})
+    body = ChatCompletionRequest(
+        model="fake", messages=HELLO, response_format={"type": "json_object"}
+    )
     with pytest.raises(APIError) as info:
         bind_tools(model, body, "fake")
     assert info.value.param == "response_format"

@@ -128,7 +128,9 @@ async def test_cancelling_one_does_not_disturb_others(model: Any, runtime: Any) 
     cancelled_before = runtime.stats.cancelled
     others = [asyncio.create_task(run(model, p, max_tokens=40)) for p in PROMPTS[:3]]
 
-    request = model.request_for_prompt(model.prompt_ids([HumanMessage("cancel me")]), max_tokens=500)
+    request = model.request_for_prompt(
+        model.prompt_ids([HumanMessage("cancel me")]), max_tokens=500
+    )
     got, final = 0, None
     async for delta in stream_async(runtime.submit, request):
         got += 1
@@ -209,13 +211,15 @@ class ForcedTokens:
 async def test_logits_mask_applies_to_its_row_only(
     model: Any, runtime: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import model_adapters.hf_engine as hf_engine
+    import model_adapters.transformers.runtime as hf_engine
 
     monkeypatch.setattr(hf_engine, "make_constraint", lambda c, *_: c and ForcedTokens(c.spec))
     expected = await alone(model, PROMPTS[:2], max_tokens=30)
     target = "paris weather is sunny"
     tokens = runtime.tokenizer.encode(target, add_special_tokens=False)
-    request = model.request_for_prompt(model.prompt_ids([HumanMessage("json please")]), max_tokens=30)
+    request = model.request_for_prompt(
+        model.prompt_ids([HumanMessage("json please")]), max_tokens=30
+    )
     request.constraint = Constraint(kind="test", spec=tokens)
 
     async def constrained() -> tuple[str, str | None]:
@@ -239,7 +243,7 @@ class BrokenMask(ForcedTokens):
 async def test_a_failing_request_does_not_fail_the_batch(
     model: Any, runtime: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import model_adapters.hf_engine as hf_engine
+    import model_adapters.transformers.runtime as hf_engine
 
     monkeypatch.setattr(hf_engine, "make_constraint", lambda c, *_: c and BrokenMask([]))
     expected = await alone(model, PROMPTS[:2], max_tokens=30)

@@ -19,8 +19,12 @@ def test_agent_calls_the_calculator_and_uses_its_result():
     steps = list(stream_steps(agent, "What is (17 + 4) * 2?"))
 
     assert [s["type"] for s in steps] == ["tool_call", "tool_result", "answer"]
-    assert steps[1] == {"type": "tool_result", "name": "calculator", "content": "42",
-                        "id": "call_1"}
+    assert steps[1] == {
+        "type": "tool_result",
+        "name": "calculator",
+        "content": "42",
+        "id": "call_1",
+    }
     assert steps[2]["content"] == "The tool says: 42"
     assert {"calculator", "current_time"} <= set(model.bound_tools)
     # The model's second turn had the tool's real output in front of it.
@@ -41,8 +45,9 @@ def test_agent_uses_a_user_tool():
 
 def test_agent_searches_a_knowledge_base(data_dir, tmp_path):  # noqa: F811
     kb.ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
-    model = ScriptedToolModel(tool_name="search_knowledge_base",
-                              tool_args={"query": "yellow fruit"})
+    model = ScriptedToolModel(
+        tool_name="search_knowledge_base", tool_args={"query": "yellow fruit"}
+    )
     answer = list(stream_steps(build_agent(model, kb="docs"), "Tell me about bananas"))[-1]
     assert "Bananas are long yellow fruit" in answer["content"]
     assert "fruit.txt, lines 1-1" in answer["content"]
@@ -77,8 +82,17 @@ def test_agent_unknown_kb(data_dir):  # noqa: F811
 
 @pytest.mark.parametrize(
     "expression, expected",
-    [("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("2 ^ 10", 1024), ("-7 // 2", -4), ("7 % 4", 3),
-     ("sqrt(16)", 4.0), ("round(pi, 2)", 3.14), ("max(3, 9, 4)", 9), ("1 / 4", 0.25)],
+    [
+        ("1 + 2 * 3", 7),
+        ("(1 + 2) * 3", 9),
+        ("2 ^ 10", 1024),
+        ("-7 // 2", -4),
+        ("7 % 4", 3),
+        ("sqrt(16)", 4.0),
+        ("round(pi, 2)", 3.14),
+        ("max(3, 9, 4)", 9),
+        ("1 / 4", 0.25),
+    ],
 )
 def test_calculator(expression, expected):
     assert evaluate(expression) == expected
@@ -86,10 +100,17 @@ def test_calculator(expression, expected):
 
 @pytest.mark.parametrize(
     "expression, error",
-    [("__import__('os').system('id')", "unsupported"), ("().__class__", "unsupported"),
-     ("open('/etc/passwd')", "unsupported"), ("x + 1", "unsupported"), ("2 +", "not an arith"),
-     ("10 ** 100000", "exponent"), ("(10 ** 5000) ** 9000", "too large"),
-     ("factorial(10 ** 6)", "factorial"), ("1" * 600, "longer than")],
+    [
+        ("__import__('os').system('id')", "unsupported"),
+        ("().__class__", "unsupported"),
+        ("open('/etc/passwd')", "unsupported"),
+        ("x + 1", "unsupported"),
+        ("2 +", "not an arith"),
+        ("10 ** 100000", "exponent"),
+        ("(10 ** 5000) ** 9000", "too large"),
+        ("factorial(10 ** 6)", "factorial"),
+        ("1" * 600, "longer than"),
+    ],
 )
 def test_calculator_refuses_unsafe_or_huge(expression, error):
     with pytest.raises(ValueError, match=error):

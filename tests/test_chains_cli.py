@@ -43,8 +43,9 @@ def test_kb_cli_errors(data_dir, tmp_path):  # noqa: F811
     unknown = runner.invoke(kb_app, ["delete", "ghost", "--yes"])
     assert unknown.exit_code == 1 and "unknown knowledge base 'ghost'" in unknown.output
 
-    bad_emb = runner.invoke(kb_app, ["ingest", "docs", str(write_corpus(tmp_path / "d")),
-                                     "--embeddings", "nope"])
+    bad_emb = runner.invoke(
+        kb_app, ["ingest", "docs", str(write_corpus(tmp_path / "d")), "--embeddings", "nope"]
+    )
     assert bad_emb.exit_code == 1 and "no embeddings model named 'nope'" in bad_emb.output
     assert kb.list_kbs() == []
 

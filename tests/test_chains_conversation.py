@@ -33,9 +33,15 @@ def test_history_is_per_session(data_dir):  # noqa: F811
     assert reply.content == "reply 3 to: What is my name?"
     seen = model.received[-1]
     assert [type(m) for m in seen] == [SystemMessage, HumanMessage, AIMessage, HumanMessage]
-    assert [m.text for m in seen[1:]] == ["My name is Ana.", "reply 1 to: My name is Ana.",
-                                          "What is my name?"]
-    assert [m.text for m in get_history("bob").messages] == ["I like tea.", "reply 2 to: I like tea."]
+    assert [m.text for m in seen[1:]] == [
+        "My name is Ana.",
+        "reply 1 to: My name is Ana.",
+        "What is my name?",
+    ]
+    assert [m.text for m in get_history("bob").messages] == [
+        "I like tea.",
+        "reply 2 to: I like tea.",
+    ]
     assert (data_dir / "chat_history.sqlite").is_file()
 
 
@@ -55,15 +61,26 @@ def test_history_survives_a_restart(data_dir):  # noqa: F811
         print(json.dumps([[m.type, m.text] for m in model.received[0]]))
         """
     )
-    env = {**os.environ, "CHATBOT_DATA_DIR": str(data_dir),
-           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=120, cwd=TESTS.parent)
+    env = {
+        **os.environ,
+        "CHATBOT_DATA_DIR": str(data_dir),
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=TESTS.parent,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert seen == [["human", "Remember the number 7291."],
-                    ["ai", "reply 1 to: Remember the number 7291."],
-                    ["human", "Which number?"]]
+    assert seen == [
+        ["human", "Remember the number 7291."],
+        ["ai", "reply 1 to: Remember the number 7291."],
+        ["human", "Which number?"],
+    ]
     # ...and the new process's turn was saved where this one reads it.
     assert [m.text for m in get_history("s1").messages][-1] == "reply 1 to: Which number?"
 

@@ -51,7 +51,9 @@ def test_retrieval_finds_the_right_document(data_dir, tmp_path, query, expected)
         kb.ingest("docs", [corpus], embeddings="minilm")
     top = kb.search("docs", query, k=1)[0]
     assert Path(top.metadata["source"]).name == expected
-    assert top.metadata["start_line"] >= 1 and top.metadata["end_line"] >= top.metadata["start_line"]
+    assert (
+        top.metadata["start_line"] >= 1 and top.metadata["end_line"] >= top.metadata["start_line"]
+    )
 
 
 def test_line_ranges_point_at_the_passage(data_dir, tmp_path):  # noqa: F811

@@ -88,15 +88,23 @@ def test_rag_bad_input(docs_kb):
 
 
 def test_pdf_sources_name_the_page(data_dir, tmp_path):  # noqa: F811
-    pdf = write_pdf(tmp_path / "book.pdf", [
-        ["Preface.", "This book is about the animals of the forest."],
-        ["Chapter 2: Birds.", "Owls hunt at night, flying in silence.", "They eat mice."],
-    ])
+    pdf = write_pdf(
+        tmp_path / "book.pdf",
+        [
+            ["Preface.", "This book is about the animals of the forest."],
+            ["Chapter 2: Birds.", "Owls hunt at night, flying in silence.", "They eat mice."],
+        ],
+    )
     kb.ingest("books", [pdf], embeddings="minilm")
     out = build_rag_chain(model=RecordingModel(), store="books", k=1).invoke(
         "Which bird hunts at night?"
     )
-    assert out["sources"] == [{
-        "source": str(pdf.resolve()), "page": 2, "start_line": 1, "end_line": 3,
-        "snippet": "Chapter 2: Birds.\nOwls hunt at night, flying in silence.\nThey eat mice.",
-    }]
+    assert out["sources"] == [
+        {
+            "source": str(pdf.resolve()),
+            "page": 2,
+            "start_line": 1,
+            "end_line": 3,
+            "snippet": "Chapter 2: Birds.\nOwls hunt at night, flying in silence.\nThey eat mice.",
+        }
+    ]

@@ -44,7 +44,8 @@ def test_openai_client_with_rag_model(base_url, docs):
     assert sources[0]["start_line"] == 1
 
     stream = client.chat.completions.create(
-        model="rag:docs/tiny-llama", stream=True,
+        model="rag:docs/tiny-llama",
+        stream=True,
         messages=[{"role": "user", "content": "the red planet"}],
     )
     chunks = list(stream)
@@ -62,21 +63,29 @@ def test_rag_model_errors(base_url, docs):
     assert "unknown knowledge base 'nope'" in missing.json()["error"]["message"]
     bad_model = httpx.post(url, json={"model": "rag:docs/no-such-model", "messages": msg})
     assert bad_model.status_code == 404 and bad_model.json()["error"]["param"] == "model"
-    no_user = httpx.post(url, json={"model": "rag:docs",
-                                    "messages": [{"role": "system", "content": "x"}]})
+    no_user = httpx.post(
+        url, json={"model": "rag:docs", "messages": [{"role": "system", "content": "x"}]}
+    )
     assert no_user.status_code == 400 and "user message" in no_user.json()["error"]["message"]
 
 
 def test_rag_chain_route(base_url, docs):
-    out = httpx.post(f"{base_url}/chains/rag/invoke", timeout=60,
-                     json={"input": {"question": "how to bake bread", "kb": "docs", "k": 2}})
+    out = httpx.post(
+        f"{base_url}/chains/rag/invoke",
+        timeout=60,
+        json={"input": {"question": "how to bake bread", "kb": "docs", "k": 2}},
+    )
     assert out.status_code == 200, out.text
     body = out.json()["output"]
     assert isinstance(body["answer"], str)
     assert Path(body["sources"][0]["source"]).name == "cooking.html"
 
-    with httpx.stream("POST", f"{base_url}/chains/rag/stream", timeout=60,
-                      json={"input": {"question": "Which fruit is yellow?", "kb": "docs"}}) as r:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/chains/rag/stream",
+        timeout=60,
+        json={"input": {"question": "Which fruit is yellow?", "kb": "docs"}},
+    ) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     outputs = [e for e in events if "run_id" not in e]  # the first event is metadata
     assert Path(outputs[0]["sources"][0]["source"]).name == "fruit.txt", events[:3]
@@ -90,15 +99,19 @@ def playground_ok(base_url: str, name: str) -> bool:
 
 
 def test_rag_chain_route_unknown_kb(base_url, data_dir):  # noqa: F811
-    out = httpx.post(f"{base_url}/chains/rag/invoke",
-                     json={"input": {"question": "x", "kb": "nope"}})
+    out = httpx.post(
+        f"{base_url}/chains/rag/invoke", json={"input": {"question": "x", "kb": "nope"}}
+    )
     assert out.status_code in (400, 404) and "nope" in out.text
 
 
 def test_conversation_route_persists_history(base_url, data_dir):  # noqa: F811
     for text in ("Hello there", "And again"):
-        out = httpx.post(f"{base_url}/chains/conversation/invoke", timeout=60,
-                         json={"input": {"input": text, "session_id": "web-1"}})
+        out = httpx.post(
+            f"{base_url}/chains/conversation/invoke",
+            timeout=60,
+            json={"input": {"input": text, "session_id": "web-1"}},
+        )
         assert out.status_code == 200, out.text
         assert out.json()["output"]["type"] == "ai"
     history = get_history("web-1").messages
@@ -107,14 +120,24 @@ def test_conversation_route_persists_history(base_url, data_dir):  # noqa: F811
 
 
 def test_agent_route_and_stream_events(base_url, data_dir):  # noqa: F811
-    out = httpx.post(f"{base_url}/chains/agent/invoke", timeout=60,
-                     json={"input": {"input": "What is 2 + 2?", "model": "tiny"}})
+    out = httpx.post(
+        f"{base_url}/chains/agent/invoke",
+        timeout=60,
+        json={"input": {"input": "What is 2 + 2?", "model": "tiny"}},
+    )
     assert out.status_code == 200, out.text
     assert set(out.json()["output"]) == {"output", "steps"}
-    with httpx.stream("POST", f"{base_url}/chains/agent/stream_events", timeout=60,
-                      json={"input": {"input": "hi"}, "version": "v2"}) as r:
-        kinds = {json.loads(line[6:]).get("event") for line in r.iter_lines()
-                 if line.startswith("data: ") and line[6:].startswith("{")}
+    with httpx.stream(
+        "POST",
+        f"{base_url}/chains/agent/stream_events",
+        timeout=60,
+        json={"input": {"input": "hi"}, "version": "v2"},
+    ) as r:
+        kinds = {
+            json.loads(line[6:]).get("event")
+            for line in r.iter_lines()
+            if line.startswith("data: ") and line[6:].startswith("{")
+        }
     assert "on_chat_model_stream" in kinds or "on_chat_model_end" in kinds
     assert playground_ok(base_url, "agent")
 

@@ -8,9 +8,9 @@ import pytest
 from chatbot import factory
 from chatbot.engines import pick_engine
 from chatbot.registry import parse_registry
-from model_adapters import vllm_engine
-from model_adapters.transformers_chat import TransformersEngine
-from model_adapters.vllm_engine import VLLMEngine
+from model_adapters.transformers.engine import TransformersEngine
+from model_adapters.vllm import engine as vllm_engine
+from model_adapters.vllm.engine import VLLMEngine
 from tests.extra_models import extra_models
 
 PREFER_VLLM = {"path": "tiny-qwen2", "engines": ["vllm", "transformers"], "lazy": True}

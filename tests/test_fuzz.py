@@ -63,6 +63,7 @@ def test_schemathesis_every_operation_no_5xx(server_url):
     statuses: collections.Counter[int] = collections.Counter()
     problems: list[str] = []
     start = time.monotonic()
+
     def fuzz(op: schemathesis.APIOperation) -> None:
         @hypothesis.settings(
             max_examples=EXAMPLES_PER_OPERATION,
@@ -85,8 +86,10 @@ def test_schemathesis_every_operation_no_5xx(server_url):
     for op in operations:
         fuzz(op)
     sent = sum(statuses.values())
-    print(f"\nfuzz: {len(operations)} operations, {sent} requests in "
-          f"{time.monotonic() - start:.0f}s, statuses {dict(sorted(statuses.items()))}")
+    print(
+        f"\nfuzz: {len(operations)} operations, {sent} requests in "
+        f"{time.monotonic() - start:.0f}s, statuses {dict(sorted(statuses.items()))}"
+    )
     assert not problems, "\n".join(problems[:20])
     assert sent >= len(operations)
     assert all(status < 500 for status in statuses)
@@ -106,12 +109,14 @@ def test_prompt_longer_than_context_is_400_before_any_work(http):
     long = [{"role": "user", "content": "hello " * 3000}]
     for stream in (False, True):
         started = time.monotonic()
-        r = http.post("/v1/chat/completions",
-                      json={"model": "tiny", "messages": long, "stream": stream})
+        r = http.post(
+            "/v1/chat/completions", json={"model": "tiny", "messages": long, "stream": stream}
+        )
         assert error_of(r, 400)["code"] == "context_length_exceeded"
         assert time.monotonic() - started < 10
-    error = error_of(http.post("/v1/completions", json={"model": "tiny", "prompt": "hi " * 3000}),
-                     400)
+    error = error_of(
+        http.post("/v1/completions", json={"model": "tiny", "prompt": "hi " * 3000}), 400
+    )
     assert error["code"] == "context_length_exceeded"
     assert (stats.requests, stats.generated_tokens) == before  # nothing was generated
     r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO})
@@ -119,8 +124,11 @@ def test_prompt_longer_than_context_is_400_before_any_work(http):
 
 
 def test_huge_bodies_are_413_with_a_configurable_limit(_registry, http):
-    huge = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * (
-        9 * 1024 * 1024) + b'"}]}'
+    huge = (
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "'
+        + b"x" * (9 * 1024 * 1024)
+        + b'"}]}'
+    )
     error = error_of(http.post("/v1/chat/completions", content=huge, headers=JSON), 413)
     assert error["code"] == "request_too_large"  # the default limit is 8 MiB
     app = create_app(Settings(api_keys=[], max_request_bytes=4096), show_progress=False)
@@ -144,12 +152,19 @@ def test_deeply_nested_json(http):
     deep = "[" * 100_000 + "]" * 100_000
     for path, raw in [
         ("/v1/chat/completions", '{"model": "tiny", "messages": ' + deep + "}"),
-        ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": '
-         + "[" * 400 + "]" * 400 + "}]}"),
+        (
+            "/v1/chat/completions",
+            '{"model": "tiny", "messages": [{"role": "user", "content": '
+            + "[" * 400
+            + "]" * 400
+            + "}]}",
+        ),
         ("/models/tiny/invoke", '{"input": ' + deep + "}"),
         ("/v1/embeddings", '{"model": "minilm", "input": ' + deep + "}"),
-        ("/v1/completions", '{"model": "tiny", "prompt": ' + '{"a": ' * 50_000 + "1"
-         + "}" * 50_000 + "}"),
+        (
+            "/v1/completions",
+            '{"model": "tiny", "prompt": ' + '{"a": ' * 50_000 + "1" + "}" * 50_000 + "}",
+        ),
     ]:
         r = http.post(path, content=raw.encode(), headers=JSON)
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:200])
@@ -158,14 +173,19 @@ def test_deeply_nested_json(http):
 
 def test_invalid_utf8_and_lone_surrogates(http):
     for path, raw in [
-        ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", '
-         b'"content": "\xff\xfe\xc3"}]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}',
+        ),
         ("/v1/completions", b'{"model": "tiny", "prompt": "\xc0\xaf"}'),
         ("/models/tiny/invoke", b'{"input": "\xff"}'),
         ("/v1/embeddings", b'{"model": "minilm", "input": "\xed\xa0\x80"}'),
         # Valid JSON, but not valid Unicode text: a lone surrogate.
-        ("/v1/chat/completions", b'{"model": "tiny", "max_tokens": 2, "messages": '
-         b'[{"role": "user", "content": "\\ud800"}]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "tiny", "max_tokens": 2, "messages": '
+            b'[{"role": "user", "content": "\\ud800"}]}',
+        ),
         ("/v1/completions", b'{"model": "tiny", "max_tokens": 2, "prompt": "a\\udfff"}'),
     ]:
         r = http.post(path, content=raw, headers=JSON)
@@ -173,11 +193,22 @@ def test_invalid_utf8_and_lone_surrogates(http):
         error_of(r, 400)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("n", 0), ("n", -1), ("n", 17), ("n", 10**9), ("n", "two"),
-    ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 10**12), ("max_tokens", 1025),
-    ("max_completion_tokens", 10**6), ("max_tokens", 2.5),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("n", 0),
+        ("n", -1),
+        ("n", 17),
+        ("n", 10**9),
+        ("n", "two"),
+        ("max_tokens", 0),
+        ("max_tokens", -5),
+        ("max_tokens", 10**12),
+        ("max_tokens", 1025),
+        ("max_completion_tokens", 10**6),
+        ("max_tokens", 2.5),
+    ],
+)
 def test_n_and_max_tokens_out_of_range(http, field, value):
     body = {"model": "tiny", "messages": HELLO, field: value}
     assert error_of(http.post("/v1/chat/completions", json=body), 400)["param"] == field
@@ -206,21 +237,29 @@ def test_images_to_a_text_model(http):
 
 
 def test_tool_messages_without_a_matching_call(http):
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "add", "arguments": '{"a": 1}'}}
-    orphan = [{"role": "user", "content": "x"},
-              {"role": "tool", "tool_call_id": "call_9", "content": "42"}]
-    wrong_id = [{"role": "user", "content": "x"},
-                {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "call_2", "content": "42"}]
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "add", "arguments": '{"a": 1}'},
+    }
+    orphan = [
+        {"role": "user", "content": "x"},
+        {"role": "tool", "tool_call_id": "call_9", "content": "42"},
+    ]
+    wrong_id = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "42"},
+    ]
     first = [{"role": "tool", "tool_call_id": "call_1", "content": "42"}]
     for messages in (orphan, wrong_id, first):
         body = {"model": "tiny", "messages": messages}
         error = error_of(http.post("/v1/chat/completions", json=body), 400)
         assert error["param"].endswith("tool_call_id"), error
     matched = wrong_id[:2] + [{"role": "tool", "tool_call_id": "call_1", "content": "42"}]
-    r = http.post("/v1/chat/completions",
-                  json={"model": "tiny", "messages": matched, "max_tokens": 2})
+    r = http.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": matched, "max_tokens": 2}
+    )
     assert r.status_code == 200, r.text
 
 

@@ -29,8 +29,17 @@ def gptq_dir(models_root, tmp_path_factory):
     calibration = tmp_path_factory.mktemp("calib") / "calibration.jsonl"
     calibration.write_text("\n".join(json.dumps({"text": t}) for t in DEFAULT_CALIBRATION))
     dst = models_root / "tiny-gptq"
-    args = ["quantize", str(models_root / "tiny-llama"), str(dst), "--bits", "4",
-            "--group-size", "128", "--calibration", str(calibration)]
+    args = [
+        "quantize",
+        str(models_root / "tiny-llama"),
+        str(dst),
+        "--bits",
+        "4",
+        "--group-size",
+        "128",
+        "--calibration",
+        str(calibration),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "GPTQ 4-bit checkpoint written" in result.output

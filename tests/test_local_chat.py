@@ -62,7 +62,12 @@ def test_seeded_sampling_is_reproducible():
     model = chatbot.get_chat_model("tiny", temperature=1.0, max_tokens=10, seed=7)
     a, b = model.invoke("hello").content, model.invoke("hello").content
     assert a == b
-    others = {chatbot.get_chat_model("tiny", temperature=1.0, max_tokens=10, seed=s).invoke("hello").content for s in range(4)}
+    others = {
+        chatbot.get_chat_model("tiny", temperature=1.0, max_tokens=10, seed=s)
+        .invoke("hello")
+        .content
+        for s in range(4)
+    }
     assert len(others) > 1
 
 

@@ -11,11 +11,15 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from chatbot import factory
-from chatbot.pool import PoolBusyError, pool, weights_bytes
+from chatbot.errors import PoolBusyError
+from chatbot.factory import default_catalog
 from chatbot.settings import get_settings
 from model_adapters.generation import Sink
 from model_adapters.local_chat import ChatLocal
+from model_adapters.runtime import weights_bytes
 from tests.extra_models import extra_models
+
+pool = default_catalog().pool
 
 PAIR = ("pool-a", "pool-b")
 MODELS = {

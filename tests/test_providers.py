@@ -40,8 +40,12 @@ def _clean(up: Upstream):
 def test_openai_entry_chat_stream_usage_and_headers(up: Upstream, monkeypatch) -> None:
     monkeypatch.setenv("UP_KEY", SECRET)
     entry = {
-        "provider": "openai", "model": "remote-model", "base_url": up.url,
-        "api_key": "${UP_KEY}", "organization": "org-42", "headers": {"X-Team": "blue"},
+        "provider": "openai",
+        "model": "remote-model",
+        "base_url": up.url,
+        "api_key": "${UP_KEY}",
+        "organization": "org-42",
+        "headers": {"X-Team": "blue"},
         "defaults": {"temperature": 0.3, "max_tokens": 50},
         "params": {"top_k": 7, "presence_penalty": 0.5},
     }
@@ -86,8 +90,12 @@ def test_secret_never_shown_or_logged(up: Upstream, monkeypatch, caplog) -> None
     with registry_with({"remote": entry}) as registry:
         model = chatbot.get_chat_model("remote")
         model.invoke("hi")
-        shown = [repr(model), str(model), repr(registry.get("remote")),
-                 registry.get("remote").model_dump_json()]
+        shown = [
+            repr(model),
+            str(model),
+            repr(registry.get("remote")),
+            registry.get("remote").model_dump_json(),
+        ]
     assert all(SECRET not in text for text in shown)
     assert SECRET not in caplog.text
     assert up.chat_requests()[0]["headers"]["authorization"] == f"Bearer {SECRET}"
@@ -95,14 +103,19 @@ def test_secret_never_shown_or_logged(up: Upstream, monkeypatch, caplog) -> None
 
 def test_azure_deployment_and_api_version(up: Upstream) -> None:
     entry = {
-        "provider": "openai", "model": "gpt-4o", "base_url": up.root,
-        "deployment": "prod-4o", "api_version": "2024-10-21", "api_key": "azure-key",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "base_url": up.root,
+        "deployment": "prod-4o",
+        "api_version": "2024-10-21",
+        "api_key": "azure-key",
     }
     embed = {**entry, "model": "embed-3", "deployment": "emb-dep"}
     with registry_with({"azure": entry}, embeddings={"azure-emb": embed}):
         assert chatbot.get_chat_model("azure").invoke("hi").content == "up says: hi"
         assert chatbot.get_embeddings("azure-emb").embed_query("v") == pytest.approx(
-            fake_vector("v"))
+            fake_vector("v")
+        )
     assert up.requests[-1]["path"] == "/openai/deployments/emb-dep/embeddings"
     request = up.chat_requests()[0]
     assert request["path"] == "/openai/deployments/prod-4o/chat/completions"
@@ -120,8 +133,13 @@ def test_http_proxy_is_used(up: Upstream) -> None:
 
 def test_timeout_and_retries_come_from_the_entry(up: Upstream) -> None:
     up.fault, up.hang_s = "hang", 5
-    entry = {"provider": "openai", "model": "m", "base_url": up.url, "timeout": 0.3,
-             "max_retries": 1}
+    entry = {
+        "provider": "openai",
+        "model": "m",
+        "base_url": up.url,
+        "timeout": 0.3,
+        "max_retries": 1,
+    }
     with registry_with({"slow": entry}):
         with pytest.raises(Exception, match="(?i)timed? ?out"):
             chatbot.get_chat_model("slow").invoke("hi")
@@ -185,9 +203,15 @@ class EchoProvider(CustomProvider):
 
 def test_custom_provider_by_dotted_path_over_http(up: Upstream, monkeypatch) -> None:
     monkeypatch.setenv("UP_KEY", SECRET)
-    entry = {"provider": HTTP_PROVIDER, "model": "remote", "base_url": up.url,
-             "api_key": "${UP_KEY}", "headers": {"X-Team": "red"},
-             "defaults": {"max_tokens": 3}, "params": {"top_k": 5}}
+    entry = {
+        "provider": HTTP_PROVIDER,
+        "model": "remote",
+        "base_url": up.url,
+        "api_key": "${UP_KEY}",
+        "headers": {"X-Team": "red"},
+        "defaults": {"max_tokens": 3},
+        "params": {"top_k": 5},
+    }
     with registry_with({"custom-http": entry}):
         model = chatbot.get_chat_model("custom-http")
         assert isinstance(model, ChatCustom)
@@ -219,8 +243,9 @@ def _install_entry_point(tmp_path, monkeypatch, name: str, target: str) -> None:
     """A minimal installed distribution declaring one `chatbot.providers` entry point."""
     dist = tmp_path / "chatbot_test_plugin-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: chatbot-test-plugin\n"
-                                   "Version: 0.1\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: chatbot-test-plugin\nVersion: 0.1\n"
+    )
     (dist / "entry_points.txt").write_text(f"[chatbot.providers]\n{name} = {target}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -228,8 +253,10 @@ def _install_entry_point(tmp_path, monkeypatch, name: str, target: str) -> None:
 async def test_custom_provider_by_entry_point(tmp_path, monkeypatch) -> None:
     _install_entry_point(tmp_path, monkeypatch, "echo-test", "tests.test_providers:EchoProvider")
     assert "echo-test" in known_engines()
-    with registry_with({"echo": {"provider": "echo-test", "model": "e1"}},
-                       embeddings={"echo-emb": {"provider": "echo-test", "model": "e1"}}):
+    with registry_with(
+        {"echo": {"provider": "echo-test", "model": "e1"}},
+        embeddings={"echo-emb": {"provider": "echo-test", "model": "e1"}},
+    ):
         model = chatbot.get_chat_model("echo", max_tokens=3)
         assert model.invoke("one two").content == "echo e1: one"
         chunks = [c.content async for c in model.astream("one two") if c.content]
@@ -250,12 +277,17 @@ def test_custom_provider_embeddings_over_http(up: Upstream) -> None:
     entry = {"provider": HTTP_PROVIDER, "model": "emb", "base_url": up.url}
     with registry_with(embeddings={"custom-emb": entry}):
         assert chatbot.get_embeddings("custom-emb").embed_query("z") == pytest.approx(
-            fake_vector("z"))
+            fake_vector("z")
+        )
 
 
 def test_router_over_custom_provider_replicas(up: Upstream) -> None:
-    entry = {"provider": HTTP_PROVIDER, "model": "m", "router": {"backoff": 0.01},
-             "replicas": [{"base_url": dead_url()}, {"base_url": up.url}]}
+    entry = {
+        "provider": HTTP_PROVIDER,
+        "model": "m",
+        "router": {"backoff": 0.01},
+        "replicas": [{"base_url": dead_url()}, {"base_url": up.url}],
+    }
     with registry_with({"custom-routed": entry}):
         model = chatbot.get_chat_model("custom-routed")
         assert [model.invoke("q").content for _ in range(3)] == ["up says: q"] * 3
@@ -270,8 +302,9 @@ def test_bad_custom_provider_is_a_registry_error() -> None:
         with registry_with({"bad": {"provider": "no_such_pkg.mod:Thing", "model": "m"}}):
             pass
     with pytest.raises(RegistryError, match="cannot serve embeddings"):
-        with registry_with(embeddings={"bad": {"provider": "tests.test_providers:ChatOnly",
-                                               "model": "m"}}):
+        with registry_with(
+            embeddings={"bad": {"provider": "tests.test_providers:ChatOnly", "model": "m"}}
+        ):
             pass
 
 
@@ -284,8 +317,9 @@ class AsyncOnly(CustomProvider):
 
 
 async def test_async_only_custom_provider() -> None:
-    with registry_with({"async-only": {"provider": "tests.test_providers:AsyncOnly",
-                                       "model": "a"}}):
+    with registry_with(
+        {"async-only": {"provider": "tests.test_providers:AsyncOnly", "model": "a"}}
+    ):
         model = chatbot.get_chat_model("async-only")
         reply = await model.ainvoke("hi")
         assert reply.content == "async hi"
@@ -307,12 +341,20 @@ class ChatOnly(CustomProvider):
 def test_openai_entry_against_our_own_server_serving_tiny(server_url: str) -> None:
     local = chatbot.get_chat_model("tiny", max_tokens=8)
     expected = local.invoke("hello").content  # temperature 0: same weights, same text
-    entry = {"provider": "openai", "model": "tiny", "base_url": f"{server_url}/v1",
-             "defaults": {"temperature": 0, "max_tokens": 8},
-             "replicas": [{"base_url": dead_url()}, {"base_url": f"{server_url}/v1"}],
-             "router": {"backoff": 0.01}}
-    with registry_with({"own": entry}, embeddings={"own-emb": {
-            "provider": "openai", "model": "minilm", "base_url": f"{server_url}/v1"}}):
+    entry = {
+        "provider": "openai",
+        "model": "tiny",
+        "base_url": f"{server_url}/v1",
+        "defaults": {"temperature": 0, "max_tokens": 8},
+        "replicas": [{"base_url": dead_url()}, {"base_url": f"{server_url}/v1"}],
+        "router": {"backoff": 0.01},
+    }
+    with registry_with(
+        {"own": entry},
+        embeddings={
+            "own-emb": {"provider": "openai", "model": "minilm", "base_url": f"{server_url}/v1"}
+        },
+    ):
         model = chatbot.get_chat_model("own")
         reply = model.invoke("hello")
         assert reply.content == expected
@@ -337,13 +379,17 @@ def _doc_files() -> list[Path]:
 
 
 @pytest.mark.parametrize("doc", _doc_files(), ids=lambda p: p.name)
-def test_documented_examples_work_as_written(doc: Path, up: Upstream, tmp_path, monkeypatch,
-                                             capsys) -> None:
+def test_documented_examples_work_as_written(
+    doc: Path, up: Upstream, tmp_path, monkeypatch, capsys
+) -> None:
     section = re.split(r"\n## ", doc.read_text().split(DOC_MARK, 1)[1])[0]
     blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
     with Upstream("second") as second:
-        urls = {"http://127.0.0.1:8000/v1": up.url, "http://127.0.0.1:8001/v1": dead_url(),
-                "http://127.0.0.1:8002/v1": second.url}
+        urls = {
+            "http://127.0.0.1:8000/v1": up.url,
+            "http://127.0.0.1:8001/v1": dead_url(),
+            "http://127.0.0.1:8002/v1": second.url,
+        }
         monkeypatch.setenv("QWEN_API_KEY", "qwen-key")
         monkeypatch.setenv("REPLICA2_KEY", "replica-2-key")
         monkeypatch.syspath_prepend(str(tmp_path))

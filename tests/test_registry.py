@@ -60,23 +60,56 @@ def test_home_relative_path(tmp_path, models_root, monkeypatch):
 
 
 BAD_CASES = [
-    ("models:\n  a: {path: tiny-qwen2, engines: [warp-drive]}\n", r"models\.a\.engines\[0\]: unknown engine 'warp-drive'"),
-    ("models:\n  a: {engines: [transformers]}\n", r"models\.a\.path: engine 'transformers' needs a 'path'"),
-    ("models:\n  a: {path: nowhere/model}\n", r"models\.a\.path: path 'nowhere/model' not found \(looked in: .*nowhere/model"),
+    (
+        "models:\n  a: {path: tiny-qwen2, engines: [warp-drive]}\n",
+        r"models\.a\.engines\[0\]: unknown engine 'warp-drive'",
+    ),
+    (
+        "models:\n  a: {engines: [transformers]}\n",
+        r"models\.a\.path: engine 'transformers' needs a 'path'",
+    ),
+    (
+        "models:\n  a: {path: nowhere/model}\n",
+        r"models\.a\.path: path 'nowhere/model' not found \(looked in: .*nowhere/model",
+    ),
     ("models:\n  a: {path: tiny-qwen2}\n  a: {path: tiny-llama}\n", r"duplicate key 'a' at line 3"),
-    ("models:\n  a: {path: tiny-qwen2}\nembeddings:\n  a: {path: tiny-qwen2}\n", r"embeddings\.a: duplicate name 'a'"),
-    ("models:\n  a: {provider: openai, model: m, api_key: '${CHATBOT_TEST_UNSET_VAR}'}\n", r"models\.a\.api_key: environment variable \$\{CHATBOT_TEST_UNSET_VAR\} is not set"),
-    ("models:\n  a: {path: tiny-qwen2, defaults: {temperature: 9}}\n", r"models\.a\.defaults\.temperature: Input should be less than or equal to 2"),
-    ("models:\n  a: {path: tiny-qwen2, options: {device: tpu}}\n", r"models\.a\.options\.device: Input should be"),
-    ("models:\n  a: {path: tiny-qwen2, colour: blue}\n", r"models\.a\.colour: Extra inputs are not permitted"),
-    ("default_model: zz\nmodels:\n  a: {path: tiny-qwen2}\n", r"default_model: no chat entry named 'zz'"),
+    (
+        "models:\n  a: {path: tiny-qwen2}\nembeddings:\n  a: {path: tiny-qwen2}\n",
+        r"embeddings\.a: duplicate name 'a'",
+    ),
+    (
+        "models:\n  a: {provider: openai, model: m, api_key: '${CHATBOT_TEST_UNSET_VAR}'}\n",
+        r"models\.a\.api_key: environment variable \$\{CHATBOT_TEST_UNSET_VAR\} is not set",
+    ),
+    (
+        "models:\n  a: {path: tiny-qwen2, defaults: {temperature: 9}}\n",
+        r"models\.a\.defaults\.temperature: Input should be less than or equal to 2",
+    ),
+    (
+        "models:\n  a: {path: tiny-qwen2, options: {device: tpu}}\n",
+        r"models\.a\.options\.device: Input should be",
+    ),
+    (
+        "models:\n  a: {path: tiny-qwen2, colour: blue}\n",
+        r"models\.a\.colour: Extra inputs are not permitted",
+    ),
+    (
+        "default_model: zz\nmodels:\n  a: {path: tiny-qwen2}\n",
+        r"default_model: no chat entry named 'zz'",
+    ),
     ("serve: [a, b]\nmodels:\n  a: {path: tiny-qwen2}\n", r"serve\[1\]: no entry named 'b'"),
-    ("models:\n  a: {path: tiny-qwen2, fallbacks: [x]}\n", r"models\.a\.fallbacks\[0\]: no other entry named 'x'"),
+    (
+        "models:\n  a: {path: tiny-qwen2, fallbacks: [x]}\n",
+        r"models\.a\.fallbacks\[0\]: no other entry named 'x'",
+    ),
     ("models: [1, 2]\n", r"models: Input should be a valid dictionary"),
     ("models:\n  a: [oops]\n", r"models\.a: must be a mapping"),
     ("models:\n  a: {path: tiny-qwen2\n", r"invalid YAML"),
     ("- just\n- a list\n", r"top level must be a mapping"),
-    ("models:\n  e: {path: tiny-qwen2, engines: [sentence-transformers]}\n", r"engine 'sentence-transformers' cannot serve chat models"),
+    (
+        "models:\n  e: {path: tiny-qwen2, engines: [sentence-transformers]}\n",
+        r"engine 'sentence-transformers' cannot serve chat models",
+    ),
 ]
 
 

@@ -11,9 +11,9 @@ from langchain_core.messages import AIMessage
 from prometheus_client import REGISTRY
 
 import chatbot
+from chatbot.errors import AllReplicasFailed, StreamInterrupted
 from chatbot.registry import RegistryError
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import ChatRouter, StreamInterrupted
+from model_adapters.router.chat import ChatRouter
 from tests.upstreams import Upstream, dead_url, fake_vector, registry_with
 
 
@@ -34,9 +34,12 @@ def _reset(ups: list[Upstream]):
 
 def routed(replicas: list[str], fallbacks: list[str] = (), **extra) -> dict:
     return {
-        "provider": "openai", "model": "m", "timeout": 2,
+        "provider": "openai",
+        "model": "m",
+        "timeout": 2,
         "replicas": [{"base_url": url} for url in replicas],
-        "fallbacks": list(fallbacks), "router": {"backoff": 0.01, "cooldown": 30},
+        "fallbacks": list(fallbacks),
+        "router": {"backoff": 0.01, "cooldown": 30},
         **extra,
     }
 
@@ -196,8 +199,9 @@ async def test_embeddings_router_skips_a_dead_replica(ups) -> None:
 
 def test_registry_rejects_bad_router_entries(ups) -> None:
     with pytest.raises(RegistryError, match=r"fallbacks.*cycle"):
-        with registry_with({"r-x": routed([ups[0].url], ["r-y"]),
-                            "r-y": routed([ups[1].url], ["r-x"])}):
+        with registry_with(
+            {"r-x": routed([ups[0].url], ["r-y"]), "r-y": routed([ups[1].url], ["r-x"])}
+        ):
             pass
     with pytest.raises(RegistryError, match=r"r-l\.replicas.*local"):
         with registry_with({"r-l": {"path": "tiny-qwen2", "replicas": [{"base_url": "x"}]}}):
@@ -213,12 +217,15 @@ def test_router_serves_over_our_v1_api(ups, server_url: str) -> None:
     models = {"r-v1": routed([dead_url(), a.url]), "r-v1-dead": routed([dead_url()])}
     with registry_with(models):
         reply = client.chat.completions.create(
-            model="r-v1", messages=[{"role": "user", "content": "over v1"}])
+            model="r-v1", messages=[{"role": "user", "content": "over v1"}]
+        )
         assert reply.choices[0].message.content == "a says: over v1"
         stream = client.chat.completions.create(
-            model="r-v1", messages=[{"role": "user", "content": "s"}], stream=True)
+            model="r-v1", messages=[{"role": "user", "content": "s"}], stream=True
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "a says: s"
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(
-                model="r-v1-dead", messages=[{"role": "user", "content": "x"}])
+                model="r-v1-dead", messages=[{"role": "user", "content": "x"}]
+            )
         assert info.value.status_code >= 500

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 
-from chatbot.api import create_app, ops
+from chatbot.api import create_app, ops, ui
 from chatbot.settings import Settings
 from tests.server_utils import start_server
 from tests.upstreams import Upstream, registry_with
@@ -72,22 +72,33 @@ def test_every_route_in_the_route_table_needs_a_key(keyed):
     routes = walk(app.routes)
     paths = {path for _, path, _ in routes}
     # The walk sees the families of routes the issue names (and whatever comes later).
-    for expected in ("/v1/chat/completions", "/models/tiny/invoke", "/metrics", "/ready",
-                     "/models/tiny/playground/index.html", "/chains/rag/invoke", "/openapi.json"):
+    for expected in (
+        "/v1/chat/completions",
+        "/models/tiny/invoke",
+        "/metrics",
+        "/ready",
+        "/models/tiny/playground/index.html",
+        "/chains/rag/invoke",
+        "/openapi.json",
+    ):
         assert expected in paths, expected
     assert any(p.startswith("/admin/") for p in paths)
     assert len(routes) > 100
     checked = 0
     with httpx.Client(base_url=url, timeout=30) as http:
         for method, path, route in routes:
-            if path in ops.PUBLIC_PATHS:
+            if path in ops.PUBLIC_PATHS or path in ui.PUBLIC_PATHS:  # the page's static files
                 continue
             if isinstance(route, Route):  # the concrete path really is this route's
                 scope = {"type": "http", "path": path, "method": method}
                 assert route.matches(scope)[0] == Match.FULL, (method, path)
             for headers in ({}, bearer(WRONG), {"Authorization": f"Basic {KEYS[0]}"}):
-                r = http.request(method, path, headers=headers, json={} if method in
-                                 ("POST", "PUT", "PATCH") else None)
+                r = http.request(
+                    method,
+                    path,
+                    headers=headers,
+                    json={} if method in ("POST", "PUT", "PATCH") else None,
+                )
                 assert r.status_code == 401, (method, path, headers, r.status_code)
                 if method != "HEAD":
                     error = r.json()["error"]
@@ -132,23 +143,39 @@ def test_keys_are_compared_in_constant_time_against_every_key(keyed, monkeypatch
 def test_keys_and_provider_secrets_never_reach_the_logs(keyed, caplog):
     _, url = keyed
     caplog.set_level(logging.DEBUG)
-    with Upstream("sec").start() as up, registry_with({"remote": {
-        "provider": "openai", "model": "m", "base_url": up.url,
-        "api_key": PROVIDER_SECRET, "timeout": 5, "max_retries": 0,
-    }}), httpx.Client(base_url=url, timeout=60) as http:
+    with (
+        Upstream("sec").start() as up,
+        registry_with(
+            {
+                "remote": {
+                    "provider": "openai",
+                    "model": "m",
+                    "base_url": up.url,
+                    "api_key": PROVIDER_SECRET,
+                    "timeout": 5,
+                    "max_retries": 0,
+                }
+            }
+        ),
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
         body = {"model": "remote", "messages": HELLO, "max_tokens": 3}
         for fault in ("none", "400", "429", "500", "503"):
             up.fault = fault
             for stream in (False, True):
-                r = http.post("/v1/chat/completions", json={**body, "stream": stream},
-                              headers=bearer(KEYS[0]))
+                r = http.post(
+                    "/v1/chat/completions", json={**body, "stream": stream}, headers=bearer(KEYS[0])
+                )
                 assert r.status_code < 500 or fault in ("500", "503"), (fault, r.text)
                 assert PROVIDER_SECRET not in r.text
         # The secret was really used (so its absence from the logs means something).
         assert up.chat_requests()[0]["headers"]["authorization"] == f"Bearer {PROVIDER_SECRET}"
         for headers in ({}, bearer(WRONG), bearer(KEYS[1]), {"Authorization": KEYS[0]}):
-            http.post("/v1/chat/completions", json={"model": "tiny", "messages": HELLO,
-                                                   "max_tokens": 2}, headers=headers)
+            http.post(
+                "/v1/chat/completions",
+                json={"model": "tiny", "messages": HELLO, "max_tokens": 2},
+                headers=headers,
+            )
     logged = caplog.text + "\n".join(repr(rec.__dict__) for rec in caplog.records)
     assert "chatbot.access" in logged  # logs were captured at all
     for secret in (*KEYS, WRONG, PROVIDER_SECRET):
@@ -176,8 +203,13 @@ def test_requests_per_minute_per_key(_registry):
 
 def test_tokens_per_minute_per_key(_registry):
     with start_server(create_app(settings(rate_limit_tpm=40), show_progress=False)) as url:
-        body = {"model": "tiny", "messages": HELLO, "max_tokens": 16, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": "tiny",
+            "messages": HELLO,
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         with httpx.Client(base_url=url, timeout=60) as http:
             r = http.post("/v1/chat/completions", json=body, headers=bearer(KEYS[0]))
             assert r.status_code == 200
@@ -188,15 +220,19 @@ def test_tokens_per_minute_per_key(_registry):
             limited = [x for x in (first, second) if x.status_code == 429]
             assert limited, (first.status_code, second.status_code)
             assert int(limited[0].headers["retry-after"]) >= 1
-            assert http.post("/v1/chat/completions", json=body,
-                             headers=bearer(KEYS[1])).status_code == 200
+            assert (
+                http.post("/v1/chat/completions", json=body, headers=bearer(KEYS[1])).status_code
+                == 200
+            )
 
 
 def test_without_keys_the_limit_is_per_address_not_per_header(_registry):
     app = create_app(Settings(api_keys=[], rate_limit_rpm=2), show_progress=False)
     with start_server(app) as url:
-        codes = [httpx.get(f"{url}/v1/models", headers=bearer(f"made-up-{i}")).status_code
-                 for i in range(3)]  # a fresh made-up key each time buys nothing
+        codes = [
+            httpx.get(f"{url}/v1/models", headers=bearer(f"made-up-{i}")).status_code
+            for i in range(3)
+        ]  # a fresh made-up key each time buys nothing
     assert codes == [200, 200, 429]
 
 
@@ -214,8 +250,7 @@ def test_cors_off_by_default_on_when_configured(keyed, _registry):
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     r = httpx.options(f"{url}/v1/chat/completions", headers=preflight)
     assert "access-control-allow-origin" not in r.headers
-    r = httpx.get(f"{url}/v1/models", headers={"Origin": "https://app.example",
-                                               **bearer(KEYS[0])})
+    r = httpx.get(f"{url}/v1/models", headers={"Origin": "https://app.example", **bearer(KEYS[0])})
     assert "access-control-allow-origin" not in r.headers
     app = create_app(settings(cors_origins=["https://app.example"]), show_progress=False)
     with start_server(app) as cors_url:

@@ -24,18 +24,39 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 @contextmanager
-def serve(registry_file: Path, models_root: Path, grace: float,
-          tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+def serve(
+    registry_file: Path, models_root: Path, grace: float, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    env = {**os.environ, "CHATBOT_MODELS_ROOT": str(models_root),
-           "CHATBOT_SHUTDOWN_GRACE": str(grace), "CHATBOT_API_KEYS": "",
-           "OMP_NUM_THREADS": "1", "CHATBOT_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "CHATBOT_MODELS_ROOT": str(models_root),
+        "CHATBOT_SHUTDOWN_GRACE": str(grace),
+        "CHATBOT_API_KEYS": "",
+        "OMP_NUM_THREADS": "1",
+        "CHATBOT_DATA_DIR": str(tmp_path / "data"),
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chatbot.cli", "serve", "--config", str(registry_file),
-             "--host", "127.0.0.1", "--port", str(port), "-m", "tiny"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "chatbot.cli",
+                "serve",
+                "--config",
+                str(registry_file),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-m",
+                "tiny",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -59,14 +80,20 @@ class Stream(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "tell me a story"}],
-                "max_tokens": self.max_tokens, "n": self.n, "stream": True}
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "tell me a story"}],
+            "max_tokens": self.max_tokens,
+            "n": self.n,
+            "stream": True,
+        }
         try:
-            with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body,
-                              timeout=120) as r:
+            with httpx.stream(
+                "POST", f"{self.url}/v1/chat/completions", json=body, timeout=120
+            ) as r:
                 for line in r.iter_lines():
                     if line.startswith("data: "):
-                        self.events.append(line[len("data: "):])
+                        self.events.append(line[len("data: ") :])
                         self.started.set()
         except BaseException as exc:  # noqa: BLE001 - checked by the test
             self.error = exc
@@ -75,13 +102,22 @@ class Stream(threading.Thread):
             self.started.set()
 
     def finish_reason(self) -> str | None:
-        reasons = [c.get("finish_reason") for e in self.events if e != "[DONE]"
-                   for c in json.loads(e)["choices"]]
+        reasons = [
+            c.get("finish_reason")
+            for e in self.events
+            if e != "[DONE]"
+            for c in json.loads(e)["choices"]
+        ]
         return next((r for r in reversed(reasons) if r), None)
 
     def finished_choices(self) -> int:
-        return sum(1 for e in self.events if e != "[DONE]"
-                   for c in json.loads(e)["choices"] if c.get("finish_reason"))
+        return sum(
+            1
+            for e in self.events
+            if e != "[DONE]"
+            for c in json.loads(e)["choices"]
+            if c.get("finish_reason")
+        )
 
 
 def refused(url: str) -> bool:

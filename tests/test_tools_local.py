@@ -133,7 +133,7 @@ def test_forced_call_that_cannot_fit_max_tokens_is_refused_up_front():
 def test_call_cut_by_length_is_an_invalid_tool_call_never_a_call():
     """A call cut off (auto tool choice, the budget ran out) is an invalid_tool_call with
     its error for LangChain, and no call (its partial text) in OpenAI's format."""
-    from chatbot.api.convert import message_to_openai
+    from chatbot.api.openai.convert import message_to_openai
     from model_adapters.generation import Delta
     from model_adapters.local_chat import _Output
     from model_adapters.tool_parsers import get_parser

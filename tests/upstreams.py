@@ -83,8 +83,12 @@ class Upstream:
     def start(self) -> Upstream:
         self.port = free_port()
         config = uvicorn.Config(
-            self._app(), host="127.0.0.1", port=self.port, log_level="critical",
-            timeout_graceful_shutdown=1, lifespan="off",
+            self._app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",
+            timeout_graceful_shutdown=1,
+            lifespan="off",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -137,22 +141,28 @@ class Upstream:
                 else:
                     data.append({"object": "embedding", "index": i, "embedding": vec})
             tokens = sum(len(str(t).split()) for t in texts)
-            return JSONResponse({
-                "object": "list", "model": body.get("model", ""), "data": data,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            })
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "model": body.get("model", ""),
+                    "data": data,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
 
         return app
 
     async def _record(self, request: Request) -> dict[str, Any]:
         # Recorded in the handler: a middleware would swallow the injected connection drops.
         body = await request.json()
-        self.requests.append({
-            "path": request.url.path,
-            "query": dict(request.query_params),
-            "headers": dict(request.headers),
-            "body": body,
-        })
+        self.requests.append(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": dict(request.headers),
+                "body": body,
+            }
+        )
         return body
 
     async def _fault_response(self) -> Response | None:
@@ -160,7 +170,9 @@ class Upstream:
             await asyncio.sleep(self.delay_s)
         if self.fault.isdigit():
             code = int(self.fault)
-            kind = {400: "invalid_request_error", 429: "rate_limit_exceeded"}.get(code, "server_error")
+            kind = {400: "invalid_request_error", 429: "rate_limit_exceeded"}.get(
+                code, "server_error"
+            )
             msg = f"{self.name}: injected {code}"
             return JSONResponse({"error": {"message": msg, "type": kind}}, status_code=code)
         if self.fault == "hang":
@@ -175,9 +187,7 @@ class Upstream:
         yield b""  # makes this an async generator
 
     def reply_words(self, body: dict[str, Any]) -> list[str]:
-        last = next(
-            (m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {}
-        )
+        last = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})
         content = last.get("content", "")
         if isinstance(content, list):
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -203,14 +213,26 @@ class Upstream:
             "completion_tokens": len(words),
             "total_tokens": prompt_tokens + len(words),
         }
-        base = {"id": f"chatcmpl-{self.name}", "created": int(time.time()),
-                "model": body.get("model", self.name)}
+        base = {
+            "id": f"chatcmpl-{self.name}",
+            "created": int(time.time()),
+            "model": body.get("model", self.name),
+        }
         if not stream:
-            return JSONResponse({
-                **base, "object": "chat.completion", "usage": usage,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": " ".join(words)}}],
-            })
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": " ".join(words)},
+                        }
+                    ],
+                }
+            )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
             self._sse(base, words, usage, include_usage), media_type="text/event-stream"

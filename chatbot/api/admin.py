@@ -11,47 +11,46 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from chatbot import factory
 from chatbot.api.errors import APIError
-from chatbot.pool import PoolBusyError, pool
-from chatbot.registry import ModelEntry
+from chatbot.catalog import ModelCatalog
+from chatbot.errors import PoolBusyError
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def _entry(name: str) -> ModelEntry:
-    registry = factory.get_registry()
-    entry = registry.entries.get(name)
-    if entry is None or name not in registry.serve:
-        raise APIError(404, f"The model '{name}' does not exist", code="model_not_found")
-    return entry
+def _catalog(request: Request) -> ModelCatalog:
+    return request.app.state.chatbot.catalog
 
 
 @router.get("/models")
-async def list_models() -> dict[str, Any]:
-    entries = factory.get_registry().served()
-    return {"object": "list", "data": [pool.describe(e) for e in entries], "memory": pool.usage()}
+async def list_models(request: Request) -> dict[str, Any]:
+    catalog = _catalog(request)
+    entries = catalog.registry.served()
+    data = [catalog.describe(e) for e in entries]
+    return {"object": "list", "data": data, "memory": catalog.pool.usage()}
 
 
 @router.post("/models/{name}/load")
-async def load_model(name: str) -> dict[str, Any]:
-    entry = _entry(name)
+async def load_model(name: str, request: Request) -> dict[str, Any]:
+    catalog = _catalog(request)
+    entry = catalog.served_entry(name, None)
     try:
-        await asyncio.to_thread(factory.get_engine, entry.name, entry.kind)
-    except PoolBusyError as exc:
-        raise APIError(503, str(exc), code="pool_busy", headers={"Retry-After": "5"}) from exc
+        await asyncio.to_thread(catalog.engine, entry.name, entry.kind)
+    except PoolBusyError:
+        raise  # a 503 "pool_busy" (chatbot.api.errors)
     except Exception as exc:  # noqa: BLE001 - the load failure is reported to the admin
         log.error("model %s failed to load: %s", name, exc, exc_info=exc)
         raise APIError(503, f"model {name!r} failed to load: {exc}", code="load_failed") from exc
-    return pool.describe(entry)
+    return catalog.describe(entry)
 
 
 @router.post("/models/{name}/unload")
-async def unload_model(name: str) -> dict[str, Any]:
-    entry = _entry(name)
-    was_loaded = await asyncio.to_thread(factory.unload, entry.name)
-    return {**pool.describe(entry), "unloaded": was_loaded}
+async def unload_model(name: str, request: Request) -> dict[str, Any]:
+    catalog = _catalog(request)
+    entry = catalog.served_entry(name, None)
+    was_loaded = await asyncio.to_thread(catalog.unload, entry.name)
+    return {**catalog.describe(entry), "unloaded": was_loaded}

@@ -1,8 +1,10 @@
 """`create_app(settings=None) -> FastAPI`: one process serving every model in the
 registry three ways (OpenAI-compatible /v1, LangServe /models/{name}, ops routes).
 
-Settings configure the server (keys, CORS, limits, timeouts). The model registry is the
-process-wide one from chatbot.factory (`chatbot serve --config` sets it first).
+Settings configure the server (keys, CORS, limits, timeouts). Models come from a
+`ModelCatalog` held in the app state: the process's default one (chatbot.factory,
+`chatbot serve --config` sets its registry first) unless `catalog=` gives the app its
+own, so two apps in one process can serve from separate state.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-import chatbot
-from chains.serving import add_chain_routes
 from chatbot import factory
-from chatbot.api import admin, langserve_routes, openai_routes, ops
+from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
+from chatbot.api.openai import routes as openai_routes
+from chatbot.catalog import ModelCatalog
 from chatbot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -32,15 +34,24 @@ class AppState:
     """What routes reach through `request.app.state.chatbot`."""
 
     settings: Settings
+    catalog: ModelCatalog
     metrics: Metrics
     loader: ModelLoader
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def create_app(settings: Settings | None = None, *, show_progress: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    show_progress: bool = True,
+    catalog: ModelCatalog | None = None,
+) -> FastAPI:
     settings = settings or get_settings()
-    registry = factory.get_registry()  # fails fast (naming the field) on a bad registry
-    state = AppState(settings=settings, metrics=Metrics(), loader=ModelLoader(settings))
+    catalog = catalog or factory.default_catalog()
+    catalog.registry  # noqa: B018 - fails fast (naming the field) on a bad registry
+    state = AppState(
+        settings=settings, catalog=catalog, metrics=Metrics(), loader=ModelLoader(catalog)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +62,7 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
 
     app = FastAPI(
         title="chatbot",
-        version=getattr(chatbot, "__version__", "0.1.0"),
+        version="0.1.0",
         description="OpenAI-compatible API and LangServe routes for the model registry.",
         lifespan=lifespan,
     )
@@ -60,8 +71,9 @@ def create_app(settings: Settings | None = None, *, show_progress: bool = True) 
     app.include_router(ops.router)
     app.include_router(openai_routes.router)
     app.include_router(admin.router)  # /admin/models: the model pool
-    langserve_routes.add_model_routes(app, registry)
-    add_chain_routes(app)  # /chains/{rag,conversation,agent}
+    langserve_routes.add_model_routes(app, catalog)
+    langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
+    app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics)
+    ops.install_middleware(app, settings, state.metrics, public_paths=ui.PUBLIC_PATHS)
     return app

@@ -19,10 +19,16 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_adapters.generation import ContextLengthError, QueueFullError
+from chatbot.errors import (
+    AllReplicasFailed,
+    ContextLengthError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PoolBusyError,
+    QueueFullError,
+    StreamInterrupted,
+)
 from model_adapters.messages import UnsupportedContentError
-from model_adapters.router import AllReplicasFailed
-from model_adapters.router_chat import StreamInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +211,15 @@ def from_exception(exc: BaseException) -> APIError:
     """Map any exception to the APIError the client should see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, ModelNotFoundError):
+        if exc.message:
+            return APIError(404, exc.message, param="model", code="model_not_found")
+        kind = "embeddings model" if exc.kind == "embeddings" else "model"
+        return model_not_found(exc.name, kind)
+    if isinstance(exc, ModelLoadError):
+        return model_unavailable(exc.name, exc.reason)
+    if isinstance(exc, PoolBusyError):
+        return APIError(503, str(exc), code="pool_busy", headers={"Retry-After": "5"})
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), param="messages", code=ContextLengthError.code)
     if isinstance(exc, QueueFullError):

@@ -12,12 +12,15 @@ import json
 from typing import Any
 
 from fastapi import FastAPI
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable
+from pydantic import RootModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chains.serving import chain_runnables
 from chatbot.api.errors import from_exception, log_error
-from chatbot.api.models import chat_runnable
-from chatbot.registry import Registry
+from chatbot.api.models import ChatInput, chat_runnable
+from chatbot.catalog import ModelCatalog
 
 
 def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: Any) -> None:
@@ -28,13 +31,60 @@ def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: A
     add_routes(app, runnable, path=path, **kwargs)
 
 
-def add_model_routes(app: FastAPI, registry: Registry) -> list[str]:
-    """`/models/{name}` for each served chat model; returns the paths added."""
+def add_model_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
+    """`/models/{name}` for each served chat model, with LangServe's chat playground
+    (messages in, the streamed message out); returns the paths added."""
     paths = []
-    for entry in registry.served("chat"):
+    for entry in catalog.registry.served("chat"):
         path = f"/models/{entry.name}"
-        add_runnable_routes(app, path, chat_runnable(entry.name))
+        add_runnable_routes(
+            app,
+            path,
+            chat_playground_types(chat_runnable(catalog, entry.name)),
+            playground_type="chat",
+        )
         paths.append(path)
+    return paths
+
+
+def chat_playground_types(runnable: Runnable) -> Runnable:
+    """The same runnable and validation, with JSON schemas the chat playground accepts:
+    it wants an input with a `messages` array property (its requests are `{"messages":
+    [...]}`, which validates as a chat prompt value) and an output `anyOf` naming the
+    "ai" type. Both are true of the schemas already, only spelled differently."""
+
+    class ChatModelInput(RootModel[ChatInput]):  # type: ignore[valid-type]
+        @classmethod
+        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            schema = super().model_json_schema(*args, **kwargs)
+            prompt = schema.get("$defs", {}).get("ChatPromptValueConcrete", {})
+            messages = prompt.get("properties", {}).get("messages", {"type": "array"})
+            # Applies to the object form only (JSON Schema), so it restricts nothing.
+            schema["properties"] = {"messages": messages}
+            return schema
+
+    class ChatModelOutput(RootModel[AIMessage]):
+        @classmethod
+        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            schema = super().model_json_schema(*args, **kwargs)
+            defs = schema.pop("$defs", {})
+            ref = schema.get("$ref", "").rpartition("/")[2]
+            message = dict(defs.get(ref, schema))  # the playground reads it inline
+            kind = dict(message.get("properties", {}).get("type", {}))
+            if "const" in kind:
+                kind["enum"] = [kind["const"]]
+                message["properties"] = {**message["properties"], "type": kind}
+            return {"anyOf": [message], "$defs": defs, "title": message.get("title", "Output")}
+
+    return runnable.with_types(input_type=ChatModelInput, output_type=ChatModelOutput)
+
+
+def add_chain_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
+    """`/chains/{rag,conversation,agent}` (chains.serving); returns the paths added."""
+    paths = []
+    for name, runnable in chain_runnables(catalog).items():
+        add_runnable_routes(app, f"/chains/{name}", runnable)
+        paths.append(f"/chains/{name}")
     return paths
 
 
@@ -74,8 +124,13 @@ class StreamErrorEvents:
         except Exception as exc:
             if held is None:
                 raise
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            api = from_exception(cause)
+            # Starlette re-raises an exception it has a handler for as a bare RuntimeError
+            # ("response already started") from it: then the cause is what happened. A
+            # domain error raised `from` its own cause (ModelLoadError) is mapped as it is.
+            cause, api = exc, from_exception(exc)
+            if api.status == 500 and api.code is None and isinstance(exc.__cause__, Exception):
+                cause = exc.__cause__
+                api = from_exception(cause)
             log_error(cause, api)
             sep = b"\r\n" if b"\r\n" in held["body"] else b"\n"
             data = json.dumps({"status_code": api.status, "message": api.message, **api.body()})

@@ -22,8 +22,9 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot.api import limits
+from chatbot.catalog import ModelCatalog
 from model_adapters.constrained import grammar_cache_bytes
-from model_adapters.router import REPLICA_COUNTERS
+from model_adapters.router.replicas import REPLICA_COUNTERS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -86,11 +87,9 @@ class Metrics:
     def track(self, model: str, endpoint: str) -> RequestTracker:
         return RequestTracker(self, model, endpoint)
 
-    def render(self) -> tuple[bytes, str]:
-        from chatbot import factory
-
-        loaded = factory.loaded()
-        for entry in factory.get_registry().served():
+    def render(self, catalog: ModelCatalog) -> tuple[bytes, str]:
+        loaded = catalog.loaded()
+        for entry in catalog.registry.served():
             self.loaded.labels(entry.name).set(1 if entry.name in loaded else 0)
         self.grammar_cache.set(grammar_cache_bytes())
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

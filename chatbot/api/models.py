@@ -1,12 +1,15 @@
 """Which models the server answers for, and how a request's model name becomes a model.
 
-- `resolve_chat_model(name, **overrides)`: the one function that turns a request's
-  `model` into something with `astream(messages, stop=..., **kwargs)`. Add branches
-  here for names that are not registry entries (e.g. `rag:<kb>` chains, routers).
-- `resolve_embeddings(name)`: the same for embeddings.
-- `model_card(entry)`: the /v1/models object for one entry.
-- `chat_runnable(name)`: a Runnable that builds the model on each call (for LangServe),
-  so a lazy model loads on first use, not when routes are added.
+Every function takes the app's `ModelCatalog` (chatbot.catalog); unknown names raise
+ModelNotFoundError and load failures ModelLoadError (404 / 503 via chatbot.api.errors).
+
+- `resolve_chat_model(catalog, name, **overrides)`: the one function that turns a
+  request's `model` into something with `astream(messages, stop=..., **kwargs)`. Add
+  branches here for names that are not registry entries (e.g. `rag:<kb>` chains).
+- `resolve_embeddings(catalog, name)`: the same for embeddings.
+- `model_card(catalog, entry, created)`: the /v1/models object for one entry.
+- `chat_runnable(catalog, name)`: a Runnable that builds the model on each call (for
+  LangServe), so a lazy model loads on first use, not when routes are added.
 - `ModelLoader`: loads the non-lazy served models at start-up; /ready asks it.
 """
 
@@ -32,10 +35,12 @@ from pydantic import (
     WrapValidator,
 )
 
-from chatbot import factory
-from chatbot.api.errors import APIError, from_validation, model_not_found, model_unavailable
+from chains.serving import resolve_rag_model
+from chatbot.api.errors import APIError, from_validation
+from chatbot.catalog import ModelCatalog
+from chatbot.engines import Engine
 from chatbot.registry import ModelEntry
-from chatbot.settings import Settings
+from model_adapters.capabilities import model_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -43,52 +48,32 @@ log = logging.getLogger(__name__)
 # --- lookup ------------------------------------------------------------------------
 
 
-def served_entry(name: str | None, kind: str = "chat") -> ModelEntry:
-    """The served registry entry for `name` (None: the registry's default), else 404."""
-    registry = factory.get_registry()
-    if not name:
-        name = registry.default_model if kind == "chat" else registry.default_embeddings
-    entry = registry.entries.get(name or "")
-    if entry is None or entry.kind != kind or entry.name not in registry.serve:
-        raise model_not_found(name, "model" if kind == "chat" else "embeddings model")
-    return entry
-
-
-async def load_engine(entry: ModelEntry, settings: Settings | None = None) -> Any:
+async def load_engine(catalog: ModelCatalog, entry: ModelEntry) -> Engine:
     """The entry's loaded engine; loads it (off the event loop) on first use.
 
-    Load failures are a 503 for this model only; the server and other models go on.
-    """
-    engine = factory.loaded().get(entry.name)
+    Load failures are a ModelLoadError (503) for this model only; the rest go on."""
+    engine = catalog.loaded().get(entry.name)
     if engine is not None:
         return engine
-    try:
-        return await asyncio.to_thread(factory.get_engine, entry.name, entry.kind, settings)
-    except Exception as exc:  # noqa: BLE001 - any load failure is this model's problem
-        log.error("model %s failed to load: %s", entry.name, exc, exc_info=exc)
-        raise model_unavailable(entry.name, f"it failed to load ({exc})") from exc
+    return await asyncio.to_thread(catalog.load, entry)
 
 
-async def resolve_chat_model(
-    name: str | None, settings: Settings | None = None, **overrides: Any
-) -> Runnable:
+async def resolve_chat_model(catalog: ModelCatalog, name: str | None, **overrides: Any) -> Runnable:
     """The chat model a request named, with per-request generation overrides applied."""
     if name and name.startswith("rag:"):  # a knowledge base: "rag:<kb>" or "rag:<kb>/<model>"
-        from chains.serving import resolve_rag_model
-
-        return await resolve_rag_model(name.removeprefix("rag:"), settings, **overrides)
-    entry = served_entry(name, "chat")
-    await load_engine(entry, settings)
+        return await resolve_rag_model(name.removeprefix("rag:"), catalog, **overrides)
+    entry = catalog.served_entry(name, "chat")
+    await load_engine(catalog, entry)
     try:
-        return factory.get_chat_model(entry.name, **overrides)
+        return catalog.chat_model(entry.name, **overrides)
     except ValidationError as exc:
         raise from_validation(exc.errors(include_url=False)) from None  # type: ignore[arg-type]
 
 
-async def resolve_embeddings(name: str | None, settings: Settings | None = None) -> Embeddings:
-    entry = served_entry(name, "embeddings")
-    await load_engine(entry, settings)
-    return factory.get_embeddings(entry.name)
+async def resolve_embeddings(catalog: ModelCatalog, name: str | None) -> Embeddings:
+    entry = catalog.served_entry(name, "embeddings")
+    await load_engine(catalog, entry)
+    return catalog.embeddings(entry.name)
 
 
 # --- capabilities ------------------------------------------------------------------
@@ -115,27 +100,27 @@ def supports_response_format(model: Any) -> bool:
     return supports_tools(model)
 
 
-def capabilities(entry: ModelEntry) -> list[str]:
+def capabilities(catalog: ModelCatalog, entry: ModelEntry) -> list[str]:
     if entry.kind == "embeddings":
         return ["embeddings"]
-    from model_adapters.capabilities import model_capabilities
-
-    caps = model_capabilities(entry, factory.loaded().get(entry.name))
+    caps = model_capabilities(entry, catalog.loaded().get(entry.name))
     extra = ("tools", "tool_choice", "json_schema", "json_object", "vision")
     return ["chat", "completions", "streaming", *(n for n in extra if getattr(caps, n))]
 
 
-def context_length(entry: ModelEntry) -> int | None:
-    engine = factory.loaded().get(entry.name)
+def context_length(catalog: ModelCatalog, entry: ModelEntry) -> int | None:
+    engine = catalog.loaded().get(entry.name)
     runtime = getattr(engine, "runtime", None)
     value = getattr(runtime, "context_length", None)
     return int(value) if isinstance(value, int) else entry.options.max_model_len
 
 
-def check_max_tokens(name: str, max_tokens: int | None, param: str = "max_tokens") -> None:
+def check_max_tokens(
+    catalog: ModelCatalog, name: str, max_tokens: int | None, param: str = "max_tokens"
+) -> None:
     """400 for max_tokens beyond the model's whole context: it can never be honoured."""
-    entry = factory.get_registry().entries.get(name)
-    limit = context_length(entry) if entry is not None and max_tokens else None
+    entry = catalog.registry.entries.get(name)
+    limit = context_length(catalog, entry) if entry is not None and max_tokens else None
     if limit and max_tokens and max_tokens > limit:
         raise APIError(
             400,
@@ -146,10 +131,10 @@ def check_max_tokens(name: str, max_tokens: int | None, param: str = "max_tokens
         )
 
 
-def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
+def model_card(catalog: ModelCatalog, entry: ModelEntry, created: int) -> dict[str, Any]:
     """The /v1/models object for one registry entry: OpenAI's fields plus ours."""
-    picked = factory.picked.get(entry.name)
-    loaded = entry.name in factory.loaded()
+    picked = catalog.picked.get(entry.name)
+    loaded = entry.name in catalog.loaded()
     return {
         "id": entry.name,
         "object": "model",
@@ -162,8 +147,8 @@ def model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
         "engines_skipped": dict(picked[1]) if picked else {},
         "loaded": loaded,
         "lazy": entry.lazy,
-        "capabilities": capabilities(entry),
-        "context_length": context_length(entry) if loaded else entry.options.max_model_len,
+        "capabilities": capabilities(catalog, entry),
+        "context_length": context_length(catalog, entry) if loaded else entry.options.max_model_len,
     }
 
 
@@ -247,20 +232,15 @@ ChatInput = Annotated[
 ]
 
 
-def chat_runnable(name: str) -> Runnable:
+def chat_runnable(catalog: ModelCatalog, name: str) -> Runnable:
     """A Runnable over registry chat model `name`, built (and loaded) per call."""
 
     def build(value: Any) -> Runnable:
         _check_chat_input(value)
-        try:
-            return factory.get_chat_model(name)
-        except Exception as exc:  # noqa: BLE001
-            log.error("model %s failed to load: %s", name, exc, exc_info=exc)
-            raise model_unavailable(name, f"it failed to load ({exc})") from exc
+        catalog.load(catalog.registry.get(name, "chat"))  # a failure: ModelLoadError
+        return catalog.chat_model(name)
 
-    return RunnableLambda(build, name=name).with_types(
-        input_type=ChatInput, output_type=AIMessage
-    )
+    return RunnableLambda(build, name=name).with_types(input_type=ChatInput, output_type=AIMessage)
 
 
 # --- start-up loading --------------------------------------------------------------
@@ -269,19 +249,19 @@ def chat_runnable(name: str) -> Runnable:
 class ModelLoader:
     """Loads every served, non-lazy model in a background thread with a progress display."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
         self.errors: dict[str, str] = {}
         self.started_at = time.time()
         self._thread: threading.Thread | None = None
 
     def targets(self) -> list[ModelEntry]:
-        return [e for e in factory.get_registry().served() if not e.lazy]
+        return [e for e in self.catalog.registry.served() if not e.lazy]
 
     def status(self) -> dict[str, str]:
-        loaded = factory.loaded()
+        loaded = self.catalog.loaded()
         out = {}
-        for entry in factory.get_registry().served():
+        for entry in self.catalog.registry.served():
             if entry.name in loaded:
                 out[entry.name] = "loaded"
             elif entry.name in self.errors:
@@ -293,14 +273,14 @@ class ModelLoader:
         return out
 
     def ready(self) -> bool:
-        loaded = factory.loaded()
+        loaded = self.catalog.loaded()
         return all(e.name in loaded for e in self.targets())
 
     def load_all(self, show_progress: bool = True) -> None:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        targets = [e for e in self.targets() if e.name not in factory.loaded()]
+        targets = [e for e in self.targets() if e.name not in self.catalog.loaded()]
         if not targets:
             return
         console = Console(stderr=True)
@@ -313,13 +293,13 @@ class ModelLoader:
                 task = tasks[entry.name]
                 progress.update(task, description=f"[cyan]{entry.name}[/] loading")
                 try:
-                    factory.get_engine(entry.name, entry.kind, self.settings)
+                    self.catalog.engine(entry.name, entry.kind)
                 except Exception as exc:  # noqa: BLE001 - one bad model must not stop the rest
                     self.errors[entry.name] = str(exc)
                     log.error("model %s failed to load: %s", entry.name, exc, exc_info=exc)
                     progress.update(task, description=f"[red]{entry.name}[/] failed: {exc}")
                 else:
-                    engine = factory.picked.get(entry.name, ("?", {}))[0]
+                    engine = self.catalog.picked.get(entry.name, ("?", {}))[0]
                     progress.update(
                         task, description=f"[green]{entry.name}[/] loaded ({engine})", completed=1
                     )
@@ -344,7 +324,6 @@ __all__ = [
     "model_card",
     "resolve_chat_model",
     "resolve_embeddings",
-    "served_entry",
     "supports_response_format",
     "supports_tools",
 ]

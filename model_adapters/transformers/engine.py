@@ -24,7 +24,7 @@ class TransformersEngine(LocalEngine):
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from chatbot.quantize import is_gptq_checkpoint
-        from model_adapters.hf_engine import HFRuntime, pick_device
+        from model_adapters.transformers.runtime import HFRuntime, pick_device
 
         super().__init__(entry, settings)
         opts = entry.options

@@ -5,7 +5,7 @@ is never used from two threads at once. Requests wait in a bounded queue and joi
 running batch between decode steps (continuous batching): new requests are prefilled
 together with left padding, then merged into the batch's KV cache; finished or cancelled
 requests leave the batch at the next step. Each row keeps its own stop strings, sampling
-parameters, seed and constraint (see model_adapters.hf_batch for the cache layout).
+parameters, seed and constraint (see model_adapters.transformers.batch for the cache layout).
 
 Why not transformers' own continuous batching (`generate_batch` / ContinuousBatchingManager):
 in transformers 5.19 it has per-request temperature/top-p but no per-request seed or
@@ -20,12 +20,10 @@ import logging
 import threading
 import weakref
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model_adapters.generation import (
-    ContextLengthError,
     Delta,
     GenerationRequest,
     IncrementalDecoder,
@@ -34,6 +32,9 @@ from model_adapters.generation import (
     StopMatcher,
     sample_next,
 )
+from model_adapters.runtime import EngineStats, check_context
+
+__all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[HFRuntime] = weakref.WeakSet()
@@ -45,15 +46,6 @@ def _close_all() -> None:
     # ("terminate called without an active exception"): stop the workers before that.
     for runtime in list(_live):
         runtime.close()
-
-
-@dataclass
-class EngineStats:
-    requests: int = 0
-    cancelled: int = 0
-    generated_tokens: int = 0
-    steps: int = 0  # decode steps (one forward pass for the whole batch each)
-    peak_batch: int = 0  # the most requests decoded together in one step
 
 
 def pick_device(device: str) -> str:
@@ -94,7 +86,7 @@ class HFRuntime:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from model_adapters.hf_batch import Batch, supports_merging
+        from model_adapters.transformers.batch import Batch, supports_merging
 
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -148,11 +140,7 @@ class HFRuntime:
     # --- requests --------------------------------------------------------------------
 
     def check_fits(self, prompt_len: int, max_tokens: int) -> None:
-        if prompt_len >= self.context_length:
-            raise ContextLengthError(
-                f"prompt has {prompt_len} tokens but the model's context length is "
-                f"{self.context_length}"
-            )
+        check_context(prompt_len, self.context_length)
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         self.check_fits(len(request.prompt_ids), request.max_tokens)
@@ -205,7 +193,7 @@ class HFRuntime:
     def _new_row(self, request: GenerationRequest, sink: Sink) -> Any:
         import torch
 
-        from model_adapters.hf_batch import Row
+        from model_adapters.transformers.batch import Row
 
         generator = None
         if request.seed is not None:
@@ -229,7 +217,7 @@ class HFRuntime:
         """Prefill new requests together (left-padded), sample their first token, merge."""
         from transformers import DynamicCache
 
-        from model_adapters.hf_batch import Batch, left_padded
+        from model_adapters.transformers.batch import Batch, left_padded
 
         rows = []
         for request, sink in items:

@@ -86,6 +86,4 @@ def sse_response(
     close: Sequence[Any] = (),
 ) -> EventSourceResponse:
     # sep="\n": frame events with "\n\n" exactly as OpenAI does.
-    return _ClosingResponse(
-        sse_events(payloads), close, sep="\n", headers=headers, ping=15
-    )
+    return _ClosingResponse(sse_events(payloads), close, sep="\n", headers=headers, ping=15)

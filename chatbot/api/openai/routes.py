@@ -4,7 +4,7 @@ completions (completion_routes), and here /v1/models, /v1/models/{id}, /v1/embed
 Every chat model is driven through its LangChain interface (`astream`); the legacy
 completions API drives local models from the raw prompt. Errors that happen before the
 first token (unknown model, prompt too long, queue full, ...) are HTTP errors; later
-ones end the stream with an error event (chatbot.api.streaming).
+ones end the stream with an error event (chatbot.api.sse).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from chatbot import factory
-from chatbot.api import chat_routes, completion_routes
-from chatbot.api.errors import APIError, bad_request, model_not_found
+from chatbot.api.errors import APIError, bad_request
 from chatbot.api.models import model_card, resolve_embeddings
-from chatbot.api.protocol import (
+from chatbot.api.openai import chat as chat_routes
+from chatbot.api.openai import completions as completion_routes
+from chatbot.api.openai.protocol import (
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -28,7 +28,7 @@ from chatbot.api.protocol import (
     ModelCard,
     ModelList,
 )
-from chatbot.api.runs import Deadline, app_state, default_name, outcome_of
+from chatbot.api.openai.serving import Deadline, app_state, outcome_of
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 router.include_router(chat_routes.router)
@@ -40,18 +40,16 @@ router.include_router(completion_routes.router)
 
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> dict[str, Any]:
-    created = app_state(request).created
-    cards = [model_card(e, created) for e in factory.get_registry().served()]
+    state = app_state(request)
+    cards = [model_card(state.catalog, e, state.created) for e in state.catalog.registry.served()]
     return {"object": "list", "data": cards}
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    registry = factory.get_registry()
-    entry = registry.entries.get(model_id)
-    if entry is None or model_id not in registry.serve:
-        raise model_not_found(model_id)
-    return model_card(entry, app_state(request).created)
+    state = app_state(request)
+    entry = state.catalog.served_entry(model_id, None)
+    return model_card(state.catalog, entry, state.created)
 
 
 # --- /v1/embeddings ----------------------------------------------------------------
@@ -83,8 +81,8 @@ def _base64(vector: list[float]) -> str:
 async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
     state = app_state(request)
     texts = _texts(body.input)
-    model = await resolve_embeddings(body.model, state.settings)
-    name = default_name(body.model, "embeddings")
+    model = await resolve_embeddings(state.catalog, body.model)
+    name = state.catalog.default_name(body.model, "embeddings")
     tracker = state.metrics.track(name, "embeddings")
     deadline = Deadline(state.settings.request_timeout)
     try:

@@ -23,7 +23,7 @@ from langchain_core.messages import (
 )
 
 from chatbot.api.errors import APIError, bad_request
-from chatbot.api.protocol import (
+from chatbot.api.openai.protocol import (
     ChatMessage,
     DeltaMessage,
     ToolCall,

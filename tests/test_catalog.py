@@ -1,0 +1,103 @@
+"""ModelCatalog: each catalog (and each app built on one) owns its model state."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from chatbot.api import create_app
+from chatbot.catalog import ModelCatalog
+from chatbot.errors import ModelNotFoundError
+from chatbot.settings import Settings
+
+
+@pytest.fixture
+def catalogs(_registry):
+    a, b = ModelCatalog(_registry), ModelCatalog(_registry)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_two_catalogs_share_no_state(catalogs) -> None:
+    a, b = catalogs
+    reply = a.chat_model("tiny", temperature=0, max_tokens=3).invoke("hi")
+    assert reply.usage_metadata["output_tokens"] >= 1
+    assert "tiny" in a.loaded() and "tiny" not in b.loaded()
+    assert "tiny" in a.pool.resident and "tiny" not in b.pool.resident
+    assert a.picked["tiny"][0] == "transformers" and "tiny" not in b.picked
+    assert b.unload("tiny") is False and "tiny" in a.loaded()
+
+
+def test_pool_wraps_the_runtime_without_touching_the_engine(catalogs) -> None:
+    a, _ = catalogs
+    engine = a.engine("tiny")
+    model = a.chat_model("tiny")
+    assert model.runtime is a.runtime("tiny")  # the pool's counting wrapper
+    assert model.runtime is not engine.runtime  # the engine keeps its own
+    assert model.runtime._real is engine.runtime
+
+
+async def test_two_apps_in_one_process_serve_from_their_own_catalogs(catalogs) -> None:
+    a, b = catalogs
+    a.engine("tiny")  # loaded in a only
+    settings = Settings(api_keys=[], cors_origins=[])
+    cards = {}
+    for name, catalog in (("a", a), ("b", b)):
+        app = create_app(settings, show_progress=False, catalog=catalog)
+        assert app.state.chatbot.catalog is catalog
+        transport = httpx.ASGITransport(app=app)  # no lifespan: nothing loads at start
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            r = await http.get("/v1/models/tiny")
+            assert r.status_code == 200, r.text
+            cards[name] = r.json()
+    assert cards["a"]["loaded"] is True and cards["b"]["loaded"] is False
+
+
+def test_unknown_or_unserved_names_are_a_domain_error(catalogs) -> None:
+    a, _ = catalogs
+    with pytest.raises(ModelNotFoundError):
+        a.served_entry("nope")
+    with pytest.raises(ModelNotFoundError):
+        a.served_entry("minilm", "chat")  # an embeddings entry asked for as chat
+    assert a.served_entry(None).name == a.registry.default_model
+
+
+def test_n_choices_run_concurrently_streamed_or_not(_registry) -> None:
+    """No step runs until all n choices share one batch: were they served one after
+    another (as streams once were), this would never finish."""
+    import json
+
+    from chatbot import factory
+    from tests.gates import StepGate
+    from tests.server_utils import start_server
+
+    runtime = factory.get_engine("tiny").runtime
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "n": 3,
+        "temperature": 0,
+    }
+    app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
+    texts = {}
+    with start_server(app) as url:
+        for stream in (False, True):
+            with StepGate(runtime, rows=3, hold=False) as gate:
+                r = httpx.post(
+                    f"{url}/v1/chat/completions", json={**body, "stream": stream}, timeout=120
+                )
+            assert r.status_code == 200 and gate.full.is_set()
+            if stream:
+                parts: dict[int, str] = {}
+                for block in r.text.strip().split("\n\n")[:-1]:
+                    for choice in json.loads(block.removeprefix("data: "))["choices"]:
+                        parts[choice["index"]] = parts.get(choice["index"], "") + (
+                            choice["delta"].get("content") or ""
+                        )
+                texts[stream] = parts
+            else:
+                texts[stream] = {c["index"]: c["message"]["content"] for c in r.json()["choices"]}
+    assert sorted(texts[True]) == sorted(texts[False]) == [0, 1, 2]
+    assert texts[True] == texts[False]  # greedy: the same choices either way

@@ -1,0 +1,122 @@
+"""The web page's routes without a browser: static files (public even with API keys),
+/ui/api conversations and knowledge-base upload (the rules and errors of `kb ingest`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chains import kb
+from chains.conversation import get_history
+from tests.chains_fakes import data_dir  # noqa: F401 - fixture
+from tests.server_utils import start_server
+
+KEY = {"Authorization": "Bearer sk-ui"}
+
+
+@pytest.fixture(scope="module")
+def url(_registry):
+    from chatbot.api import create_app
+    from chatbot.settings import Settings
+
+    app = create_app(Settings(api_keys=["sk-ui"], cors_origins=[]), show_progress=False)
+    with start_server(app) as base:
+        yield base
+
+
+def test_the_page_and_its_files_are_public_and_packaged(url):
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for src in (
+        "/ui/app.js",
+        "/ui/app.css",
+        "/ui/vendor/marked.umd.js",
+        "/ui/vendor/purify.min.js",
+    ):
+        assert src in page.text
+        assert httpx.get(f"{url}{src}").status_code == 200, src
+    assert httpx.get(f"{url}/ui/nope.js").status_code == 401  # not a file: needs the key
+    assert httpx.get(f"{url}/ui/nope.js", headers=KEY).status_code == 404
+    assert httpx.get(f"{url}/ui/api/kbs").status_code == 401
+    assert httpx.get(f"{url}/ui/api/config", headers=KEY).json() == {"default_model": "tiny"}
+    # The licences ship beside the vendored code (setuptools package-data).
+    vendor = Path(__file__).parents[1] / "chatbot" / "web" / "vendor"
+    assert (vendor / "LICENSE.marked.txt").is_file() and (
+        vendor / "LICENSE.dompurify.txt"
+    ).is_file()
+
+
+def test_conversations_list_read_append_delete(url, data_dir):  # noqa: F811
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    get_history("s1").add_messages([HumanMessage("First question"), AIMessage("answer")])
+    listed = httpx.get(f"{url}/ui/api/conversations", headers=KEY).json()["data"]
+    assert listed == [{"session_id": "s1", "title": "First question", "messages": 2}]
+
+    turn = {
+        "messages": [
+            {"type": "human", "data": {"content": "kb question"}},
+            {"type": "ai", "data": {"content": "kb answer", "response_metadata": {"sources": []}}},
+        ]
+    }
+    r = httpx.post(f"{url}/ui/api/conversations/s1/messages", headers=KEY, json=turn)
+    assert r.status_code == 200, r.text
+    messages = httpx.get(f"{url}/ui/api/conversations/s1", headers=KEY).json()["messages"]
+    assert [m["data"]["content"] for m in messages] == [
+        "First question",
+        "answer",
+        "kb question",
+        "kb answer",
+    ]
+    assert messages[3]["data"]["response_metadata"] == {"sources": []}
+
+    bad = httpx.post(
+        f"{url}/ui/api/conversations/s1/messages",
+        headers=KEY,
+        json={"messages": [{"type": "martian", "data": {"content": "x"}}]},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    long_id = "x" * 300
+    assert httpx.get(f"{url}/ui/api/conversations/{long_id}", headers=KEY).status_code == 400
+
+    assert httpx.delete(f"{url}/ui/api/conversations/s1", headers=KEY).status_code == 200
+    assert httpx.get(f"{url}/ui/api/conversations", headers=KEY).json()["data"] == []
+
+
+def _upload(url: str, name: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+    parts = [("files", (fname, data)) for fname, data in files]
+    return httpx.post(f"{url}/ui/api/kbs/{name}/files", headers=KEY, files=parts, timeout=120)
+
+
+def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir):  # noqa: F811
+    r = _upload(url, "notes", [("a.md", b"# A\nalpha text\n"), ("b.txt", b"beta text\n")])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert [line["done"] for line in lines[:-1]] == [0, 1, 2]  # each file, then saving
+    report = lines[-1]["report"]
+    assert sorted(Path(p).name for p in report["added"]) == ["a.md", "b.txt"]
+    assert [i.name for i in kb.list_kbs()] == ["notes"]
+    assert httpx.get(f"{url}/ui/api/kbs", headers=KEY).json()["data"][0]["files"] == 2
+
+    # The same file again: unchanged; changed: updated (not duplicated).
+    again = json.loads(
+        _upload(url, "notes", [("a.md", b"# A\nalpha text\n")]).text.splitlines()[-1]
+    )
+    assert len(again["report"]["unchanged"]) == 1
+    changed = _upload(url, "notes", [("a.md", b"# A\nnew alpha\n")]).text.splitlines()[-1]
+    assert len(json.loads(changed)["report"]["updated"]) == 1
+
+    bad_type = _upload(url, "notes", [("x.exe", b"MZ")])
+    assert bad_type.status_code == 400
+    message = bad_type.json()["error"]["message"]
+    assert message.startswith("x.exe: unsupported file type '.exe'"), message  # no server path
+    assert not (data_dir / "uploads" / "notes" / "x.exe").exists()  # nothing left behind
+
+    bad_name = _upload(url, "bad name", [("a.md", b"x")])
+    assert bad_name.status_code == 400 and "invalid knowledge-base name" in bad_name.text
+    assert _upload(url, ".hidden", [("a.md", b"x")]).status_code == 400
+    assert _upload(url, "notes", [(".env", b"x")]).status_code == 400
+    assert [i.files for i in kb.list_kbs()] == [2]
