@@ -6,8 +6,11 @@ Every chunk carries `source` (absolute path), `page` (1-based, PDFs only) and
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Iterator
 from pathlib import Path
 
+import charset_normalizer
 from langchain_core.documents import Document
 from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
 
@@ -71,8 +74,50 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
     return list(found)
 
 
+class SkippedFile(LoadError):
+    """A file with nothing to ingest: binary, or no text in it. Ingest skips it with a
+    warning (or fails, with `strict`)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# Text is split in blocks of about this many characters (cut at a line end), so a huge
+# file yields its chunks as it goes instead of all at once.
+BLOCK_CHARS = 1 << 20
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def read_text(path: Path) -> str:
+    """A text file's content in whatever encoding it is in (UTF-8 first, else detected by
+    charset-normalizer); SkippedFile for binary or empty files."""
+    data = path.read_bytes()
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
+    if not data.strip():
+        raise SkippedFile(path, "no text found (empty file)")
+    if b"\0" in data[:8192]:
+        raise SkippedFile(path, "binary file, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(data).best()
+    if best is None:
+        raise SkippedFile(path, "binary file, not text (no text encoding fits it)")
+    return str(best)
+
+
 def _load(path: Path) -> list[Document]:
-    from langchain_community.document_loaders import BSHTMLLoader, PyPDFLoader, TextLoader
+    from langchain_community.document_loaders import BSHTMLLoader, PyPDFLoader
 
     suffix = path.suffix.lower()
     if suffix == ".pdf":
@@ -89,10 +134,21 @@ def _load(path: Path) -> list[Document]:
         for doc in docs:
             doc.metadata = {"title": doc.metadata.get("title") or ""}
         return docs
-    docs = TextLoader(str(path), autodetect_encoding=True).load()
-    for doc in docs:
-        doc.metadata = {}
-    return docs
+    return list(_text_blocks(read_text(path)))
+
+
+def _text_blocks(text: str) -> Iterator[Document]:
+    """`text` as documents of about BLOCK_CHARS, cut at line ends; each knows its first line."""
+    start, line = 0, 1
+    while start < len(text):
+        end = len(text)
+        if end - start > BLOCK_CHARS:
+            cut = text.rfind("\n", start, start + BLOCK_CHARS)
+            end = cut + 1 if cut > start else start + BLOCK_CHARS
+        block = text[start:end]
+        yield Document(page_content=block, metadata={"first_line": line})
+        line += block.count("\n")
+        start = end
 
 
 def splitter_for(path: Path) -> RecursiveCharacterTextSplitter:
@@ -103,26 +159,43 @@ def splitter_for(path: Path) -> RecursiveCharacterTextSplitter:
     return RecursiveCharacterTextSplitter(**kwargs)
 
 
-def load_and_split(path: Path) -> list[Document]:
-    """Chunks of one file with source locations; LoadError if unreadable or empty."""
+def iter_chunks(path: Path) -> Iterator[Document]:
+    """Chunks of one file with source locations, as they are split (text files block by
+    block). LoadError if unreadable; SkippedFile if binary or without text."""
     try:
         pages = _load(path)
+    except LoadError:
+        raise
     except Exception as exc:  # loaders wrap OS/decoding errors in their own types
         cause = exc.__cause__ or exc
         raise LoadError(f"{path}: cannot read: {cause}") from exc
-    chunks: list[Document] = []
-    for page in pages:
+    splitter = splitter_for(path)
+    found = 0
+    while pages:
+        page = pages.pop(0)  # dropped once split: memory holds one block's chunks
         text = page.page_content
-        for chunk in splitter_for(path).split_documents([page]):
-            start = int(chunk.metadata.pop("start_index", 0))
-            first = text.count("\n", 0, max(start, 0)) + 1
+        first_line = int(page.metadata.pop("first_line", 1))
+        pos, line = 0, first_line  # lines counted incrementally: linear in the text size
+        for chunk in splitter.split_documents([page]):
+            start = max(int(chunk.metadata.pop("start_index", 0)), 0)
+            if start < pos:
+                pos, line = 0, first_line
+            line += text.count("\n", pos, start)
+            pos = start
+            if not chunk.page_content.strip():
+                continue
             chunk.metadata.update(
                 source=str(path),
-                start_line=first,
-                end_line=first + chunk.page_content.count("\n"),
+                start_line=line,
+                end_line=line + chunk.page_content.count("\n"),
             )
             chunk.metadata.setdefault("page", None)
-            chunks.append(chunk)
-    if not any(c.page_content.strip() for c in chunks):
-        raise LoadError(f"{path}: no text found")
-    return chunks
+            found += 1
+            yield chunk
+    if not found:
+        raise SkippedFile(path, "no text found")
+
+
+def load_and_split(path: Path) -> list[Document]:
+    """All chunks of one file (see iter_chunks)."""
+    return list(iter_chunks(path))

@@ -29,7 +29,14 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 from chains.agent import AgentOutput, agent_runnable, build_agent
 from chains.conversation import build_conversation_chain
@@ -174,9 +181,23 @@ OptionalStr = Annotated[
 ]
 
 
+def _existing_kb(name: str | None) -> str | None:
+    """Checked while LangServe validates the input: a bad or unknown knowledge base is a
+    4xx before a stream starts, not an error inside it."""
+    from chains.kb import read_manifest
+
+    if name is not None:
+        read_manifest(name)  # KBError (a ValueError): invalid name, or no such KB
+    return name
+
+
+KBName = Annotated[str, AfterValidator(_existing_kb)]
+OptionalKB = Annotated[OptionalStr, AfterValidator(_existing_kb)]
+
+
 class RagRequest(BaseModel):
     question: str = Field(min_length=1)
-    kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
+    kb: KBName = Field(description="Knowledge base to answer from (chatbot kb list).")
     model: OptionalStr = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
@@ -190,7 +211,7 @@ class ConversationRequest(BaseModel):
 
 class AgentRequest(BaseModel):
     input: str = Field(min_length=1)
-    kb: OptionalStr = Field(None, description="Adds a search tool over this knowledge base.")
+    kb: OptionalKB = Field(None, description="Adds a search tool over this knowledge base.")
     model: OptionalStr = None
 
 

@@ -111,7 +111,8 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
     port = port or settings.port
     err.print(f"[bold]chatbot[/] serving on [cyan]http://{host}:{port}[/] (OpenAI API at /v1)")
     # SIGTERM/SIGINT: stop accepting, let in-flight requests (streams too) finish for up to
-    # shutdown_grace seconds, then cancel what is left and exit 0.
+    # shutdown_grace seconds, then end what is left cleanly (a final error event and the
+    # stream's end; chatbot.api.drain) and exit 0.
     let_streams_finish_on_shutdown()
     config = uvicorn.Config(
         app_,
@@ -121,7 +122,8 @@ def run_server(app_: Any, host: str | None = None, port: int | None = None) -> N
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
-    GracefulServer(config).run()
+    state = getattr(getattr(app_, "state", None), "chatbot", None)
+    GracefulServer(config, drain=getattr(state, "drain", None)).run()
 
 
 @app.command()

@@ -29,6 +29,7 @@ _BUILTIN = {
     "sentence-transformers": "model_adapters.embeddings:SentenceTransformersEngine",
     "openai": "model_adapters.openai_provider:OpenAIEngine",
     "vllm": "model_adapters.vllm.engine:VLLMEngine",
+    "llama-cpp": "model_adapters.llama_cpp:LlamaCppEngine",
 }
 
 

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 kb_app = typer.Typer(
@@ -29,32 +37,52 @@ def ingest(
     embeddings: Annotated[
         str | None, typer.Option(help="Embeddings model from the registry (default: its default).")
     ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail (change nothing) on binary or empty files.")
+    ] = False,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for another ingest into this KB.")
+    ] = 600.0,
 ) -> None:
-    """Add or update files: txt, md, pdf, html and source code. Unchanged files are skipped."""
+    """Add or update files: txt, md, pdf, html and source code. Unchanged files are skipped,
+    binary and empty ones too (with a warning) unless --strict."""
+    from chains.ingest import ingest as do_ingest
     from chains.kb import KBError
-    from chains.kb import ingest as do_ingest
 
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"ingesting into {name}", total=None)
+        task = bar.add_task(f"ingesting into {name} (waiting for other ingests)", total=None)
 
         def report(path: str, done: int, total: int) -> None:
             label = Path(path).name if path else "saving"
             bar.update(task, completed=done, total=total, description=f"{name}: {label}")
 
         try:
-            result = do_ingest(name, paths, embeddings=embeddings, progress=report)
+            result = do_ingest(
+                name,
+                paths,
+                embeddings=embeddings,
+                progress=report,
+                strict=strict,
+                lock_timeout=lock_timeout,
+            )
         except (KBError, ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc).strip("'\""))
             return
+    for path, reason in result.skipped.items():
+        level = "[yellow]warning:[/yellow]" if "binary" in reason else "note:"
+        errors.print(f"{level} skipped {path}: {reason}", highlight=False)
     console.print(
         f"{name}: {len(result.added)} added, {len(result.updated)} updated, "
-        f"{len(result.unchanged)} unchanged; {result.chunks} chunks",
+        f"{len(result.unchanged)} unchanged, {len(result.skipped)} skipped; "
+        f"{result.chunks} chunks",
         highlight=False,
     )
 

@@ -75,6 +75,8 @@ class EngineOptions(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     trust_remote_code: bool = False
     max_model_len: int | None = Field(None, ge=1)
+    # CPU threads (torch / llama.cpp); None: CHATBOT_THREADS, else the physical cores.
+    threads: int | None = Field(None, ge=1)
 
 
 class Replica(BaseModel):

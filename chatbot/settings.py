@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     rate_limit_tpm: int | None = Field(
         None, ge=1, description="Tokens (prompt + completion) per minute per key."
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of local engines whose entry sets none "
+        "(default: the physical cores).",
+    )
     # Model pool (chatbot.pool): bytes or "8GiB"; None = no limit. Idle models are evicted
     # least recently used first when a new one would not fit.
     memory_budget_gpu: ByteSize | None = None

@@ -93,20 +93,37 @@ class IncrementalDecoder:
         return ""
 
 
+# Below this, temperature scaling overflows float32 logits (x / 1e-39 is inf) and the
+# distribution is one-hot anyway: sample greedily, as vLLM does under its _SAMPLING_EPS.
+GREEDY_BELOW = 1e-5
+
+
+def is_greedy(temperature: float) -> bool:
+    """Whether a request's temperature means argmax decoding (0 or too tiny to scale by)."""
+    return not temperature >= GREEDY_BELOW  # NaN is greedy too
+
+
 def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
-    """Pick the next token from a 1-D logits tensor: greedy at temperature 0, else top-p."""
+    """Pick the next token from a 1-D logits tensor: greedy at (near) temperature 0, else
+    top-p. Numeric edges (tiny top_p, all-masked or non-finite scores) fall back to the
+    most likely token instead of failing in torch.multinomial."""
     import torch
 
-    if temperature <= 0:
+    if is_greedy(temperature):
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice].item())
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+        probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(probs, dim=-1) - probs < top_p
+        keep[0] = True  # the top token always stays (top_p may round to 0 in float32)
+        probs = probs * keep
+    else:
+        order = None
+    total = probs.sum()
+    if not bool(torch.isfinite(total)) or float(total) <= 0:
+        return int(torch.argmax(logits).item())
+    choice = int(torch.multinomial(probs / total, 1, generator=generator).item())
+    return choice if order is None else int(order[choice].item())
 
 
 # --- bridging a worker thread to callers ---------------------------------------------

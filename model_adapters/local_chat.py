@@ -26,6 +26,7 @@ from chatbot.engines import Engine
 from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
+from model_adapters.offload import PREPARE
 from model_adapters.prompting import encode, render_chat
 from model_adapters.runtime import Runtime
 from model_adapters.structured import structured_output_runnable
@@ -181,14 +182,22 @@ class ChatLocal(BaseChatModel):
     # --- raw prompts (the legacy completions API): no chat template ------------------
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
-        """Token ids of a raw prompt (text, or ids checked against the vocabulary)."""
+        """Token ids of a raw prompt (text, or ids checked against the vocabulary). A text
+        too long to fit the context is refused before tokenizing (ContextLengthError)."""
         tokenizer = self.runtime.tokenizer
-        ids = list(prompt) if isinstance(prompt, list) else encode(tokenizer, prompt)
+        if isinstance(prompt, list):
+            ids = list(prompt)
+        else:
+            ids = encode(tokenizer, prompt, self.runtime.context_length)
         if not ids:
             raise ValueError("'prompt' must not be empty.")
         if min(ids) < 0 or max(ids) >= len(tokenizer):
             raise ValueError(f"'prompt' has token ids outside 0..{len(tokenizer) - 1}.")
         return ids
+
+    async def aencode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """`encode_prompt` off the event loop: a huge prompt must not stall other clients."""
+        return await PREPARE.run(self.encode_prompt, prompt)
 
     def decode_prompt(self, prompt: str | list[int]) -> str:
         if isinstance(prompt, str):
@@ -200,7 +209,8 @@ class ChatLocal(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         """Generate straight from a raw prompt: the same chunks (usage, finish reason)
         as `astream` gives for messages."""
-        request = self.request_for_prompt(self.encode_prompt(prompt), stop, **kwargs)
+        ids = prompt if isinstance(prompt, list) else await self.aencode_prompt(prompt)
+        request = self.request_for_prompt(self.encode_prompt(ids), stop, **kwargs)
         async for chunk in self._run_async(request, _Output(self.model, None), None):
             yield chunk.message  # type: ignore[misc]
 
@@ -235,7 +245,8 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, output = self._prepare(messages, stop, kwargs)
+        # Templates, tokenizing and grammar compilation leave the event loop.
+        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
         async for chunk in self._run_async(request, output, run_manager):
             yield chunk
 
@@ -268,7 +279,7 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request, output = self._prepare(messages, stop, kwargs)
+        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
         chunks = [c async for c in self._run_async(request, output, run_manager)]
         return output.result(chunks)
 

@@ -12,27 +12,34 @@ pytest_plugins = ["tests.fixtures_server"]
 
 # On 2 busy cores the tiny model is ~20x faster single-threaded.
 torch.set_num_threads(1)
+os.environ.setdefault("CHATBOT_THREADS", "1")  # engines default to the physical cores
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# dtype float32: batched greedy output equals the same request alone only in float32
+# (dtype auto picks bfloat16 on CPUs with AMX / AVX512-BF16).
 MODELS_YAML = """
 default_model: tiny
 models:
   tiny:
     path: tiny-qwen2
     engines: [transformers]
+    options: {{dtype: float32}}
     defaults: {{temperature: 0, max_tokens: 16}}
   tiny-llama:
     path: tiny-llama
+    options: {{dtype: float32}}
     defaults: {{temperature: 0, max_tokens: 16}}
   tiny-plain:
     path: tiny-plain
+    options: {{dtype: float32}}
     defaults: {{temperature: 0, max_tokens: 16}}
   tiny-batched:  # tests/test_batching.py: its own copy, small batch and queue limits
     path: tiny-qwen2
     max_batch_size: 4
     max_queue: 4
+    options: {{dtype: float32}}
     defaults: {{temperature: 0, max_tokens: 16}}
 embeddings:
   minilm:

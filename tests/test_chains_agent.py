@@ -8,6 +8,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 
 from chains import kb
 from chains.agent import agent_runnable, astream_steps, build_agent, stream_steps
+from chains.ingest import ingest
 from chains.tools import calculator, current_time, evaluate
 from tests.chains_fakes import ScriptedToolModel, data_dir  # noqa: F401 - fixture
 from tests.test_chains_kb import write_corpus
@@ -44,7 +45,7 @@ def test_agent_uses_a_user_tool():
 
 
 def test_agent_searches_a_knowledge_base(data_dir, tmp_path):  # noqa: F811
-    kb.ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
+    ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
     model = ScriptedToolModel(
         tool_name="search_knowledge_base", tool_args={"query": "yellow fruit"}
     )

@@ -16,7 +16,7 @@ def test_kb_ingest_list_delete(data_dir, tmp_path):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
     result = runner.invoke(kb_app, ["ingest", "docs", str(corpus), "--embeddings", "minilm"])
     assert result.exit_code == 0, result.output
-    assert "docs: 4 added, 0 updated, 0 unchanged; 4 chunks" in result.output
+    assert "docs: 4 added, 0 updated, 0 unchanged, 0 skipped; 4 chunks" in result.output
     assert [i.name for i in kb.list_kbs()] == ["docs"]
 
     again = runner.invoke(kb_app, ["ingest", "docs", str(corpus / "fruit.txt")])

@@ -10,6 +10,7 @@ from langchain_community.vectorstores import FAISS
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from chains import kb
+from chains.ingest import ingest
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 
 CORPUS = {
@@ -48,7 +49,7 @@ def live_version(name: str) -> str:
 def test_retrieval_finds_the_right_document(data_dir, tmp_path, query, expected):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
     if not kb.kb_root().joinpath("docs").exists():
-        kb.ingest("docs", [corpus], embeddings="minilm")
+        ingest("docs", [corpus], embeddings="minilm")
     top = kb.search("docs", query, k=1)[0]
     assert Path(top.metadata["source"]).name == expected
     assert (
@@ -61,7 +62,7 @@ def test_line_ranges_point_at_the_passage(data_dir, tmp_path):  # noqa: F811
     lines[47] = "Line 48: The secret launch code of the rocket is ALPHA-7."
     doc = tmp_path / "long.txt"
     doc.write_text("\n".join(lines) + "\n")
-    kb.ingest("long", [doc], embeddings="minilm")
+    ingest("long", [doc], embeddings="minilm")
     hit = kb.search("long", "What is the rocket's secret launch code?", k=1)[0]
     start, end = hit.metadata["start_line"], hit.metadata["end_line"]
     assert start > 1 and start <= 48 <= end
@@ -71,17 +72,17 @@ def test_line_ranges_point_at_the_passage(data_dir, tmp_path):  # noqa: F811
 
 def test_reingest_is_idempotent_and_updates_changed_files(data_dir, tmp_path):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
-    first = kb.ingest("docs", [corpus], embeddings="minilm")
+    first = ingest("docs", [corpus], embeddings="minilm")
     assert len(first.added) == 4 and not first.unchanged
     version = live_version("docs")
 
-    again = kb.ingest("docs", [corpus])
+    again = ingest("docs", [corpus])
     assert not again.added and not again.updated and len(again.unchanged) == 4
     assert again.chunks == first.chunks
     assert live_version("docs") == version  # nothing rewritten
 
     (corpus / "fruit.txt").write_text("Strawberries are small red berries with seeds outside.\n")
-    third = kb.ingest("docs", [corpus / "fruit.txt"])
+    third = ingest("docs", [corpus / "fruit.txt"])
     assert third.updated == [str((corpus / "fruit.txt").resolve())]
     store = kb.open_store("docs")
     assert isinstance(store, FAISS) and store.index.ntotal == third.chunks == first.chunks
@@ -94,7 +95,7 @@ def test_reingest_is_idempotent_and_updates_changed_files(data_dir, tmp_path):  
 
 def test_failed_ingest_keeps_the_old_index(data_dir, tmp_path):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
-    kb.ingest("docs", [corpus], embeddings="minilm")
+    ingest("docs", [corpus], embeddings="minilm")
     version, manifest = live_version("docs"), kb.read_manifest("docs")
 
     good = tmp_path / "new.txt"
@@ -102,7 +103,7 @@ def test_failed_ingest_keeps_the_old_index(data_dir, tmp_path):  # noqa: F811
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4 this is not really a pdf")
     with pytest.raises(kb.IngestError, match="broken.pdf"):
-        kb.ingest("docs", [good, broken])
+        ingest("docs", [good, broken])
 
     assert live_version("docs") == version
     assert kb.read_manifest("docs") == manifest
@@ -115,7 +116,7 @@ def test_failed_ingest_keeps_the_old_index(data_dir, tmp_path):  # noqa: F811
 
 def test_crash_while_saving_keeps_the_old_index(data_dir, tmp_path, monkeypatch):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
-    kb.ingest("docs", [corpus], embeddings="minilm")
+    ingest("docs", [corpus], embeddings="minilm")
     version = live_version("docs")
     (corpus / "space.md").write_text("# Venus\n\nVenus is the hottest planet.\n")
 
@@ -125,7 +126,7 @@ def test_crash_while_saving_keeps_the_old_index(data_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(FAISS, "save_local", disk_full)
     with pytest.raises(OSError, match="No space"):
-        kb.ingest("docs", [corpus])
+        ingest("docs", [corpus])
     monkeypatch.undo()
 
     assert live_version("docs") == version
@@ -136,8 +137,8 @@ def test_crash_while_saving_keeps_the_old_index(data_dir, tmp_path, monkeypatch)
 def test_list_and_delete(data_dir, tmp_path):  # noqa: F811
     assert kb.list_kbs() == []
     corpus = write_corpus(tmp_path / "docs")
-    kb.ingest("a", [corpus / "fruit.txt"], embeddings="minilm")
-    kb.ingest("b", [corpus], embeddings="minilm")
+    ingest("a", [corpus / "fruit.txt"], embeddings="minilm")
+    ingest("b", [corpus], embeddings="minilm")
     assert [(i.name, i.files) for i in kb.list_kbs()] == [("a", 1), ("b", 4)]
     kb.delete_kb("a")
     assert [i.name for i in kb.list_kbs()] == ["b"]
@@ -150,24 +151,24 @@ def test_bad_input_gives_clear_errors(data_dir, tmp_path):  # noqa: F811
     with pytest.raises(kb.UnknownKB, match="unknown knowledge base 'nope'"):
         kb.search("nope", "anything")
     with pytest.raises(kb.KBError, match="invalid knowledge-base name"):
-        kb.ingest("../escape", [tmp_path])
+        ingest("../escape", [tmp_path])
     with pytest.raises(kb.IngestError, match="no such file"):
-        kb.ingest("x", [tmp_path / "missing.txt"])
+        ingest("x", [tmp_path / "missing.txt"])
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     with pytest.raises(kb.IngestError, match="unsupported file type '.png'"):
-        kb.ingest("x", [tmp_path / "image.png"])
+        ingest("x", [tmp_path / "image.png"])
     (tmp_path / "empty.txt").write_text("   \n")
     with pytest.raises(kb.IngestError, match="empty.txt: no text found"):
-        kb.ingest("x", [tmp_path / "empty.txt"])
+        ingest("x", [tmp_path / "empty.txt"])
     (tmp_path / "sub").mkdir()
     with pytest.raises(kb.IngestError, match="no supported files"):
-        kb.ingest("x", [tmp_path / "sub"])
+        ingest("x", [tmp_path / "sub"])
     assert kb.list_kbs() == []  # none of the failures created a KB
 
 
 def test_empty_kb_is_an_error(data_dir, tmp_path):  # noqa: F811
     corpus = write_corpus(tmp_path / "docs")
-    kb.ingest("docs", [corpus / "fruit.txt"], embeddings="minilm")
+    ingest("docs", [corpus / "fruit.txt"], embeddings="minilm")
     live = kb.kb_root() / "docs" / live_version("docs")
     manifest = json.loads((live / "manifest.json").read_text())
     manifest["files"] = {}
@@ -191,14 +192,14 @@ def test_external_vector_store(data_dir, tmp_path, monkeypatch):  # noqa: F811
     get_settings.cache_clear()
     _MEMORY.clear()
     corpus = write_corpus(tmp_path / "docs")
-    report = kb.ingest("ext", [corpus], embeddings="minilm")
+    report = ingest("ext", [corpus], embeddings="minilm")
     assert kb.read_manifest("ext").store == "external"
     assert len(_MEMORY["ext"].store) == report.chunks
     assert not list((kb.kb_root() / "ext").glob("*/index.faiss"))
     assert Path(kb.search("ext", "yellow fruit", k=1)[0].metadata["source"]).name == "fruit.txt"
 
     (corpus / "fruit.txt").write_text("Cherries are small round red fruit.\n")
-    kb.ingest("ext", [corpus])
+    ingest("ext", [corpus])
     texts = [d["text"] for d in _MEMORY["ext"].store.values()]
     assert len(texts) == report.chunks and not any("Bananas" in t for t in texts)
     kb.delete_kb("ext")
@@ -213,12 +214,12 @@ def test_external_store_failed_ingest_leaves_no_orphans(data_dir, tmp_path, monk
     get_settings.cache_clear()
     _MEMORY.clear()
     corpus = write_corpus(tmp_path / "docs")
-    kb.ingest("ext2", [corpus / "fruit.txt"], embeddings="minilm")
+    ingest("ext2", [corpus / "fruit.txt"], embeddings="minilm")
     before = dict(_MEMORY["ext2"].store)
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4 not a pdf")
     with pytest.raises(kb.IngestError, match="broken.pdf"):
-        kb.ingest("ext2", [corpus / "space.md", broken])  # space.md is added, then rolled back
+        ingest("ext2", [corpus / "space.md", broken])  # space.md is added, then rolled back
     assert dict(_MEMORY["ext2"].store) == before
     assert list(kb.read_manifest("ext2").files) == [str((corpus / "fruit.txt").resolve())]
     get_settings.cache_clear()

@@ -9,6 +9,7 @@ from langchain_core.messages import SystemMessage
 
 import chatbot
 from chains import kb
+from chains.ingest import ingest
 from chains.rag import build_rag_chain
 from tests.chains_fakes import RecordingModel, data_dir, write_pdf  # noqa: F401 - fixture
 from tests.test_chains_kb import write_corpus
@@ -16,7 +17,7 @@ from tests.test_chains_kb import write_corpus
 
 @pytest.fixture
 def docs_kb(data_dir, tmp_path):  # noqa: F811
-    kb.ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
+    ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
     return "docs"
 
 
@@ -70,7 +71,7 @@ def test_rag_drops_passages_that_do_not_fit_the_context(data_dir, tmp_path):  # 
     root.mkdir()
     for i in range(4):
         (root / f"part{i}.txt").write_text(f"Topic {i} about dogs and cats. " * 25)
-    kb.ingest("big", [root], embeddings="minilm")
+    ingest("big", [root], embeddings="minilm")
     tiny = chatbot.get_chat_model("tiny")
     out = build_rag_chain(model=tiny, store="big", k=4).invoke({"question": "dogs"})
     assert 1 <= len(out["sources"]) < 4
@@ -95,7 +96,7 @@ def test_pdf_sources_name_the_page(data_dir, tmp_path):  # noqa: F811
             ["Chapter 2: Birds.", "Owls hunt at night, flying in silence.", "They eat mice."],
         ],
     )
-    kb.ingest("books", [pdf], embeddings="minilm")
+    ingest("books", [pdf], embeddings="minilm")
     out = build_rag_chain(model=RecordingModel(), store="books", k=1).invoke(
         "Which bird hunts at night?"
     )

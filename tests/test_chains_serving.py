@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chains import kb
 from chains.conversation import get_history
+from chains.ingest import ingest
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 from tests.server_utils import start_server
 from tests.test_chains_kb import write_corpus
@@ -27,7 +27,7 @@ def base_url(_registry):
 
 @pytest.fixture
 def docs(data_dir, tmp_path):  # noqa: F811
-    kb.ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
+    ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
     return "docs"
 
 

@@ -265,15 +265,19 @@ def test_tool_messages_without_a_matching_call(http):
 
 def test_errors_inside_langserve_streams_keep_their_status(http, server_url):
     """LangServe sends errors inside a stream as an in-band event; ours carry the real
-    status (400 here: a bad knowledge-base name) and OpenAI's error, not an opaque 500."""
+    status (400 here: a prompt longer than the context, found once the stream started)
+    and OpenAI's error, not an opaque 500. Input that can be checked first (a bad
+    knowledge-base name) is a 4xx before any stream."""
     from langserve import RemoteRunnable
 
-    r = http.post("/chains/rag/stream", json={"input": {"kb": "../etc", "question": "q"}})
-    assert r.status_code == 200  # LangServe has started the stream before the chain fails
+    r = http.post("/models/tiny/stream", json={"input": "hello " * 3000})
+    assert r.status_code == 200  # LangServe has started the stream before the model fails
     error_event = r.text.split("event: error")[-1]
     data = json.loads(error_event.split("data: ", 1)[1].split("\n", 1)[0])
     assert data["status_code"] == 400
     validate({"error": data["error"]}, "ErrorResponse")
+    r = http.post("/chains/rag/stream", json={"input": {"kb": "../etc", "question": "q"}})
+    assert r.status_code == 400 and "knowledge-base name" in error_of(r, 400)["message"]
     with pytest.raises(httpx.HTTPStatusError) as info:
         list(RemoteRunnable(f"{server_url}/chains/rag").stream({"kb": "../etc", "question": "q"}))
     assert info.value.response.status_code == 400

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from chatbot import factory
 from chatbot.api import admin, langserve_routes, ops, ui
+from chatbot.api.drain import ShutdownDrain
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
@@ -37,6 +38,7 @@ class AppState:
     catalog: ModelCatalog
     metrics: Metrics
     loader: ModelLoader
+    drain: ShutdownDrain = field(default_factory=ShutdownDrain)  # ends requests at shutdown
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -75,5 +77,5 @@ def create_app(
     langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
     app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
-    ops.install_middleware(app, settings, state.metrics, public_paths=ui.PUBLIC_PATHS)
+    ops.install_middleware(app, settings, state.metrics, state.drain, public_paths=ui.PUBLIC_PATHS)
     return app

@@ -9,6 +9,7 @@ JSON response, or an SSE error event in the middle of a stream), is built here:
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -53,6 +54,16 @@ _TYPES = {
 }
 
 
+# "[21:32:05] /project/cpp/json_schema_converter.cc:4944: " (xgrammar's C++ errors): our
+# build's internals, not something a client can act on.
+_NATIVE_SOURCE = re.compile(r"(\[\d{2}:\d{2}:\d{2}\] )?[\w./\\-]+\.(?:cc|cpp|cxx|cu|hpp|h):\d+: ")
+
+
+def scrub(message: str) -> str:
+    """A client-facing message without native source locations."""
+    return _NATIVE_SOURCE.sub("", message).strip()
+
+
 class APIError(Exception):
     """An error answered to the client as OpenAI error JSON with `status`."""
 
@@ -66,6 +77,7 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.status = status
         self.message = message

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable
 from pydantic import RootModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chains.serving import chain_runnables
-from chatbot.api.errors import from_exception, log_error
+from chatbot.api.errors import APIError, from_exception, log_error
 from chatbot.api.models import ChatInput, chat_runnable
 from chatbot.catalog import ModelCatalog
 
@@ -28,7 +28,48 @@ def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: A
     from langserve import add_routes
 
     kwargs.setdefault("enable_feedback_endpoint", False)
+    kwargs.setdefault("per_req_config_modifier", check_request)
     add_routes(app, runnable, path=path, **kwargs)
+
+
+async def check_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """What LangServe lets through but must be a 4xx before any work (or stream) starts;
+    LangServe calls this for every request, before it runs the runnable."""
+    try:
+        body = await request.json()  # Starlette caches it: LangServe reads the same one
+    except ValueError:
+        return config  # LangServe answers invalid JSON itself
+    if not isinstance(body, dict):
+        return config
+    path = request.url.path
+    if path.endswith("/batch") and "inputs" in body and not isinstance(body["inputs"], list):
+        raise APIError(422, "'inputs' must be a list of inputs, one per run.", param="inputs")
+    if path.endswith("/stream_events") and body.get("version", "v2") != "v2":
+        raise APIError(422, "Only version 'v2' of stream_events is served here.", param="version")
+    for key in ("input", "inputs"):
+        where = _not_text(body.get(key))
+        if where is not None:
+            message = f"'{key}' holds a string that is not valid Unicode text{where}."
+            raise APIError(400, message, param=key)
+    return config
+
+
+def _not_text(value: Any) -> str | None:
+    """Where in `value` (JSON) a string is not valid Unicode text, or None. Iterative."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f" (a lone surrogate): {item[:40]!r}"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def add_model_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:

@@ -19,9 +19,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot.api import limits
+from chatbot.api.errors import from_exception
 from chatbot.catalog import ModelCatalog
 from model_adapters.constrained import grammar_cache_bytes
 from model_adapters.router.replicas import REPLICA_COUNTERS
@@ -150,6 +152,10 @@ class HTTPMetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if status == [500]:  # the status the outer middleware will answer with
+                status[0] = from_exception(exc).status
+            raise
         finally:
             route = _route_label(scope)
             method = scope.get("method", "")
@@ -159,5 +165,19 @@ class HTTPMetricsMiddleware:
 
 def _route_label(scope: dict[str, Any]) -> str:
     route = scope.get("route")
+    if route is None:  # answered before routing (401, 413, 429): find the route it was for
+        route = _matching_route(scope)
     path = getattr(route, "path", None) or getattr(route, "path_format", None)
     return path if isinstance(path, str) else "unmatched"
+
+
+def _matching_route(scope: dict[str, Any]) -> Any:
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or []
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route
+        if match == Match.PARTIAL and partial is None:
+            partial = route  # the path matched, the method did not (405)
+    return partial

@@ -2,19 +2,22 @@
 /health, /ready and /metrics routes.
 
 Middleware order, outermost first: request context (id, access log, last-resort 500)
--> HTTP metrics -> CORS (only when origins are configured) -> body size limit -> API
-key check -> per-key rate limits (only when configured, chatbot.api.limits) -> routes.
+-> shutdown drain (chatbot.api.drain) -> HTTP metrics -> CORS (only when origins are
+configured) -> body size limit -> API key check -> per-key rate limits (only when
+configured, chatbot.api.limits) -> routes.
 Keys are compared in constant time and never logged: nothing here logs headers, and the
 access log line has the method, path, status and duration only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import hmac
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -26,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot.api.drain import DrainMiddleware, ShutdownDrain
 from chatbot.api.errors import APIError, from_exception, log_error
 from chatbot.api.limits import RateLimiter, RateLimitMiddleware
 from chatbot.api.metrics import HTTPMetricsMiddleware, Metrics
@@ -87,6 +91,10 @@ class GracefulServer(uvicorn.Server):
     signal once it has shut down, so the exit status would be -15, which process
     managers read as a crash."""
 
+    def __init__(self, config: uvicorn.Config, drain: ShutdownDrain | None = None) -> None:
+        super().__init__(config)
+        self.drain = drain
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
@@ -94,6 +102,20 @@ class GracefulServer(uvicorn.Server):
                 yield
             finally:
                 self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn cancels what is left when the grace period ends (streams cut mid-way,
+        # CancelledError tracebacks): end those requests cleanly just before that.
+        grace = self.config.timeout_graceful_shutdown
+        timer = None
+        if self.drain is not None and grace is not None:
+            delay = max(0.0, grace - min(1.0, grace / 2))
+            timer = asyncio.get_running_loop().call_later(delay, self.drain.close_all)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 # --- middleware ----------------------------------------------------------------------
@@ -278,7 +300,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, metrics: Metrics, public_paths: Iterable[str] = ()
+    app: FastAPI,
+    settings: Settings,
+    metrics: Metrics,
+    drain: ShutdownDrain | None = None,
+    public_paths: Iterable[str] = (),
 ) -> None:
     """Add the middleware stack (innermost first; Starlette wraps each new one outside).
     `public_paths` need no key (the web page's static files)."""
@@ -305,6 +331,8 @@ def install_middleware(
             expose_headers=["x-request-id"],
         )
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    if drain is not None:  # inside the request context: its log shows the final status
+        app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(RequestContextMiddleware)
 
 

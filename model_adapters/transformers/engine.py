@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
+from model_adapters.cpu import serving_threads
 from model_adapters.local_chat import LocalEngine
+
+
+def set_torch_threads(n: int) -> None:
+    """torch's intra-op threads are per process: the entry loaded last sets them."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 class TransformersEngine(LocalEngine):
@@ -28,6 +37,7 @@ class TransformersEngine(LocalEngine):
 
         super().__init__(entry, settings)
         opts = entry.options
+        set_torch_threads(serving_threads(opts.threads, settings.threads))
         extra = dict(opts.model_extra or {})
         load_kwargs = dict(extra.get("load_kwargs") or {})
         if entry.resolved_path and is_gptq_checkpoint(entry.resolved_path):

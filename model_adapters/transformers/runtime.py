@@ -30,6 +30,7 @@ from model_adapters.generation import (
     QueueFullError,
     Sink,
     StopMatcher,
+    is_greedy,
     sample_next,
 )
 from model_adapters.runtime import EngineStats, check_context
@@ -67,6 +68,11 @@ def pick_dtype(dtype: str, device: str) -> Any:
         return getattr(torch, dtype)
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu":
+        from model_adapters.cpu import has_native_bf16
+
+        # ~2x float32 at batch 8 where oneDNN has native bf16 (AMX / AVX512-BF16).
+        return torch.bfloat16 if has_native_bf16() else torch.float32
     return torch.float32
 
 
@@ -284,7 +290,7 @@ class HFRuntime:
         for i, row in enumerate(rows):
             request = row.request
             try:
-                if row.constraint is None and request.temperature <= 0:
+                if row.constraint is None and is_greedy(request.temperature):
                     token = greedy[i]
                 else:
                     scores = logits[i]

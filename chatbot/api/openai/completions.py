@@ -26,6 +26,7 @@ from chatbot.api.openai.protocol import (
     random_id,
 )
 from chatbot.api.openai.serving import Choice, Deadline, Job, Serving, app_state, serve
+from chatbot.errors import ContextLengthError
 
 router = APIRouter(tags=["openai"])  # included under /v1 by chatbot.api.openai.routes
 
@@ -104,7 +105,11 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     raw = getattr(model, "astream_prompt", None)  # a local model: no chat template
     if raw is not None:
         try:
-            inputs: list[Any] = [model.encode_prompt(p) for p in prompts]
+            # Tokenized in the preparation pool, off the event loop; a text prompt too
+            # long for the context is refused before tokenizing (a 400).
+            inputs: list[Any] = [await model.aencode_prompt(p) for p in prompts]
+        except ContextLengthError:
+            raise  # its own error code (context_length_exceeded)
         except ValueError as exc:
             raise bad_request(str(exc), param="prompt") from None
         texts = [model.decode_prompt(p) for p in prompts] if body.echo else []

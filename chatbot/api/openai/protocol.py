@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 def random_id(prefix: str) -> str:
@@ -41,6 +41,53 @@ class OpenAIResponse(BaseModel):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
+
+
+# --- cheap checks, before any tokenizing or grammar compilation -----------------------
+
+# OpenAI's documented limit for structured outputs: 5000 object properties in all. A
+# schema past it would spend seconds of CPU (prompt rendering, grammar compilation) only
+# to be refused, so it is refused first. Nodes bound everything else (anyOf, items, ...).
+MAX_SCHEMA_PROPERTIES = 5000
+MAX_SCHEMA_NODES = 50_000
+
+
+def schema_size_error(schemas: list[Any]) -> str | None:
+    """Why these JSON schemas (together) are too large to serve, or None. Iterative: a
+    deeply nested schema costs no recursion."""
+    properties = nodes = 0
+    stack = list(schemas)
+    while stack:
+        node = stack.pop()
+        nodes += 1
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                properties += len(props)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        if properties > MAX_SCHEMA_PROPERTIES:
+            return f"the schemas have more than {MAX_SCHEMA_PROPERTIES} properties in all"
+        if nodes > MAX_SCHEMA_NODES:
+            return f"the schemas have more than {MAX_SCHEMA_NODES} JSON values in all"
+    return None
+
+
+def check_text(value: str, what: str = "text") -> str:
+    """A string that is valid Unicode text (JSON allows lone surrogates such as \\ud800,
+    which no tokenizer or encoder takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode text: {exc.reason}") from None
+    return value
+
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    for stop in [value] if isinstance(value, str) else value or []:
+        check_text(stop, "a stop string")
+    return value
 
 
 # --- chat completions: request -------------------------------------------------------
@@ -102,7 +149,7 @@ class ChatCompletionRequest(OpenAIRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     n: int | None = Field(1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -115,6 +162,24 @@ class ChatCompletionRequest(OpenAIRequest):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    _stop_is_text = field_validator("stop")(_check_stop)
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_size(cls, tools: list[ToolParam] | None) -> list[ToolParam] | None:
+        error = schema_size_error([t.function.parameters for t in tools or []])
+        if error:
+            raise ValueError(f"tools are too large: {error}")
+        return tools
+
+    @field_validator("response_format")
+    @classmethod
+    def _format_size(cls, fmt: ResponseFormat | None) -> ResponseFormat | None:
+        error = schema_size_error([fmt.json_schema]) if fmt and fmt.json_schema else None
+        if error:
+            raise ValueError(f"response_format is too large: {error}")
+        return fmt
 
     # The request owns its mapping to model parameters (like vLLM's to_sampling_params).
     @property
@@ -238,7 +303,7 @@ class CompletionRequest(OpenAIRequest):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
     echo: bool | None = False
     suffix: str | None = None
     logprobs: int | None = None
@@ -247,6 +312,8 @@ class CompletionRequest(OpenAIRequest):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+
+    _stop_is_text = field_validator("stop")(_check_stop)
 
     max_tokens_param: ClassVar[str] = "max_tokens"
 

