@@ -37,6 +37,7 @@ from model_adapters.tools import (
     forcing_constraint,
     normalize_tool_choice,
     normalize_tools,
+    tool_names,
 )
 
 
@@ -140,11 +141,16 @@ class ChatLocal(BaseChatModel):
         choice = normalize_tool_choice(kwargs.get("tool_choice"), tools)
         if choice == "none":
             tools = []  # like OpenAI: the model answers in text
-        parser = get_parser(self.tool_parser, self.runtime.tokenizer) if tools else None
+        parser = (
+            get_parser(self.tool_parser, self.runtime.tokenizer, tool_names(tools))
+            if tools
+            else None
+        )
         max_tokens = int(kwargs.get("max_tokens") or self.max_tokens)
         constraint = None
         if parser is not None:
-            constraint = forcing_constraint(tools, choice, parser, max_tokens)
+            parallel = kwargs.get("parallel_tool_calls") is not False  # OpenAI default: on
+            constraint = forcing_constraint(tools, choice, parser, max_tokens, parallel)
         if constraint is None:
             constraint = response_format_constraint(kwargs.get("response_format"), max_tokens)
         if constraint is not None:

@@ -97,15 +97,51 @@ def split_json_objects(text: str) -> tuple[list[tuple[str, Any]], str]:
         pos = end
 
 
+def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI-shaped {"type": "function", "function": {...}} -> the inner call object."""
+    inner = obj.get("function")
+    return inner if isinstance(inner, dict) and "name" in inner else obj
+
+
+def _names_tool(obj: Any, names: set[str]) -> bool:
+    return isinstance(obj, dict) and _unwrap(obj).get("name") in names
+
+
 class ToolCallParser:
     """Base: a call region starts at `start` and ends at `end` (or the end of the text)."""
 
     name: ClassVar[str] = ""
     start: ClassVar[str] = ""
     end: ClassVar[str | None] = None
+    # Forcing several calls: prefix, calls joined by separator, suffix.
+    separator: ClassVar[str] = "\n"
+    calls_prefix: ClassVar[str] = ""
+    calls_suffix: ClassVar[str] = ""
+
+    def __init__(self, tool_names: list[str] | None = None) -> None:
+        # Offered tools: an untagged JSON call naming one of them is a call too.
+        self.tool_names = set(tool_names or [])
 
     def parse(self, text: str) -> ParsedOutput:
         raise NotImplementedError
+
+    def bare_calls(self, text: str) -> ParsedOutput | None:
+        """Untagged calls: the whole answer is a JSON object (or list of them, or several
+        separated by ';'/',') each naming an offered tool. None if it is not that."""
+        if not self.tool_names or text.lstrip()[:1] not in ("{", "["):
+            return None
+        values, rest = split_json_objects(text.strip())
+        if rest.strip() or not values:
+            return None
+        objects = [
+            v for _, value in values for v in (value if isinstance(value, list) else [value])
+        ]
+        if not objects or not all(_names_tool(o, self.tool_names) for o in objects):
+            return None
+        out = ParsedOutput(content="")
+        for obj in objects:
+            _add(out, call_from_json(json.dumps(obj), _unwrap(obj)))
+        return out
 
     def new_id(self) -> str:
         return new_call_id()
@@ -127,6 +163,10 @@ class HermesParser(ToolCallParser):
     _CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
     def parse(self, text: str) -> ParsedOutput:
+        if self.start not in text:
+            bare = self.bare_calls(text)
+            if bare is not None:
+                return bare
         out = ParsedOutput(content="")
         pieces = []
         last = 0
@@ -160,6 +200,7 @@ class Llama3Parser(ToolCallParser):
 
     name = "llama3"
     start = "<|python_tag|>"
+    separator = "; "
     _LOOKS_LIKE_CALL = re.compile(r'^\s*\[?\s*\{\s*"(name|type)"')
 
     def parse(self, text: str) -> ParsedOutput:
@@ -170,6 +211,13 @@ class Llama3Parser(ToolCallParser):
             prefix, _, body = text.partition(self.start)
         if not tagged and not self._LOOKS_LIKE_CALL.match(body):
             return ParsedOutput(content=text.strip())
+        if not tagged and self.tool_names:  # tools known: JSON naming none is an answer
+            bare = self.bare_calls(text)
+            if bare is not None:
+                return bare
+            values, rest = split_json_objects(body.strip())
+            if values and not rest.strip():
+                return ParsedOutput(content=text.strip())
         out = ParsedOutput(content=prefix.strip())
         values, rest = split_json_objects(body.strip())
         objects: list[tuple[str, Any]] = []
@@ -201,15 +249,22 @@ class MistralParser(ToolCallParser):
 
     name = "mistral"
     start = "[TOOL_CALLS]"
+    separator = ", "
+    calls_prefix = "[TOOL_CALLS]["
+    calls_suffix = "]"
     _NAMED = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(?:\[CALL_ID\]\s*([A-Za-z0-9]+)\s*)?\[ARGS\]")
 
     def parse(self, text: str) -> ParsedOutput:
         content, found, rest = text.partition(self.start)
         out = ParsedOutput(content=content.strip())
         if not found:
-            return out
+            bare = self.bare_calls(text)
+            return out if bare is None else self._mistral_ids(bare)
         for segment in rest.split(self.start):
             self._parse_segment(segment, out)
+        return self._mistral_ids(out)
+
+    def _mistral_ids(self, out: ParsedOutput) -> ParsedOutput:
         for call in [*out.tool_calls, *out.invalid_tool_calls]:
             if str(call.get("id") or "").startswith("call_"):
                 call["id"] = self.new_id()
@@ -245,10 +300,10 @@ class MistralParser(ToolCallParser):
             _add(out, invalid_tool_call(name=None, args=tail, id=new_call_id(), error="bad JSON"))
 
     def call_begin(self, tool_name: str) -> str:
-        return f'[TOOL_CALLS][{{"name": "{tool_name}", "arguments": '
+        return f'{{"name": "{tool_name}", "arguments": '
 
     def call_end(self) -> str:
-        return "}]"
+        return "}"
 
 
 PARSERS: dict[str, type[ToolCallParser]] = {
@@ -275,12 +330,15 @@ def detect_parser_name(chat_template: Any) -> str:
     return "hermes"
 
 
-def get_parser(name: str = "auto", tokenizer: Any = None) -> ToolCallParser:
-    """The parser registered as `name`, or the one detected from the tokenizer's template."""
+def get_parser(
+    name: str = "auto", tokenizer: Any = None, tool_names: list[str] | None = None
+) -> ToolCallParser:
+    """The parser registered as `name`, or the one detected from the tokenizer's template.
+    `tool_names`: the offered tools, so untagged JSON calls naming one are recognised."""
     if name == "auto":
         name = detect_parser_name(getattr(tokenizer, "chat_template", None))
     try:
-        return PARSERS[name]()
+        return PARSERS[name](tool_names)
     except KeyError:
         raise ValueError(
             f"tool_parser: unknown parser {name!r} (known: {sorted(PARSERS)}, auto)"

@@ -21,6 +21,8 @@ from model_adapters.tool_parsers import (
 
 _DECODER = json.JSONDecoder()
 _NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# Untagged JSON: held back until its "name" shows whether it is a call (this many chars).
+_BARE_HOLD = 400
 _ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 
 
@@ -69,9 +71,12 @@ class _CallState:
         out: list[ToolCallChunk] = []
         if not self.header_sent:
             name = _NAME.search(self.text)
-            if name is None and not final:
+            if name is None:  # never a call without a name: final parse reports it invalid
                 return out
-            decoded = json.loads(f'"{name.group(1)}"') if name else None
+            try:
+                decoded = json.loads(f'"{name.group(1)}"')
+            except json.JSONDecodeError:
+                return out
             out.append(tool_call_chunk(name=decoded, args="", id=self.id, index=self.index))
             self.header_sent = True
         if self.args_start is None:
@@ -139,14 +144,14 @@ class ToolCallStream:
             content.append(buf[:at])
             self.in_calls = True
             return buf[at + len(marker) :]
-        if isinstance(self.parser, Llama3Parser) and not self.seen_text:
-            stripped = buf.lstrip()
-            if stripped[:1] in "{[":  # a bare JSON answer is a call
-                self.in_calls = True
-                return stripped
-            if not stripped:
+        if not self.seen_text and (self.parser.tool_names or isinstance(self.parser, Llama3Parser)):
+            verdict = self._bare_verdict(buf)
+            if verdict is None:  # not known yet: hold the text back
                 self.pending = buf
                 return ""
+            if verdict:  # an untagged JSON call
+                self.in_calls = True
+                return buf.lstrip()
         hold = _partial_marker(buf, marker)
         out = buf[: len(buf) - hold]
         self.pending = buf[len(buf) - hold :]
@@ -154,6 +159,24 @@ class ToolCallStream:
             self.seen_text = True
         content.append(out)
         return ""
+
+    def _bare_verdict(self, buf: str) -> bool | None:
+        """Does the answer open with an untagged JSON call? None while undecided."""
+        stripped = buf.lstrip()
+        if not stripped:
+            return None
+        if stripped[0] not in "{[":
+            return False
+        names = self.parser.tool_names
+        if not names:  # llama3 without known tools: a bare JSON answer is a call
+            return True
+        found = _NAME.search(stripped)
+        if found is not None:
+            try:
+                return json.loads(f'"{found.group(1)}"') in names
+            except json.JSONDecodeError:
+                return False
+        return None if len(stripped) < _BARE_HOLD else False
 
     def _calls(self, text: str, chunks: list[ToolCallChunk]) -> str:
         end = self.parser.end
@@ -197,8 +220,7 @@ class ToolCallStream:
             self._scan(self.end_buffer, chunks)
             self._close_call(chunks)
         parsed = self.parser.parse(self.raw)
-        calls = [*parsed.tool_calls, *parsed.invalid_tool_calls]
-        for call in calls[self.count :]:
+        for call in parsed.tool_calls[self.count :]:  # invalid ones are never streamed as calls
             args = call.get("args")
             text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
             chunks.append(

@@ -73,15 +73,21 @@ def normalize_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> ToolChoic
 
 
 def forcing_constraint(
-    tools: list[dict[str, Any]], choice: ToolChoice, parser: ToolCallParser, max_tokens: int
+    tools: list[dict[str, Any]],
+    choice: ToolChoice,
+    parser: ToolCallParser,
+    max_tokens: int,
+    parallel: bool = True,
 ) -> Constraint | None:
-    """A grammar that makes the model call a tool, for `required` and named choices."""
+    """A grammar that makes the model call a tool, for `required` and named choices:
+    one or more calls with `parallel` (OpenAI's parallel_tool_calls default), else one."""
     if choice in ("auto", "none") or not tools:
         return None
     chosen = (
         tools if choice == "required" else [t for t in tools if t["function"]["name"] == choice]
     )
-    return GuidedConstraint("structural_tag", tool_call_tag(chosen, parser), max_tokens=max_tokens)
+    tag = tool_call_tag(chosen, parser, parallel=parallel)
+    return GuidedConstraint("structural_tag", tag, max_tokens=max_tokens, source="tools")
 
 
 # --- prompting -----------------------------------------------------------------------

@@ -51,6 +51,12 @@ def smol_tokenizer(smol_engine) -> Any:
     return smol_engine.runtime.tokenizer
 
 
+@pytest.fixture(scope="session")
+def smol_name(smol_engine) -> str:
+    """The registry name of the loaded real model, for tests that go through the registry."""
+    return SMOL
+
+
 @pytest.fixture
 def smol(smol_engine) -> Any:
     """A greedy chat model on the shared weights; pass overrides with smol_engine.chat_model."""

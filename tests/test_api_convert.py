@@ -191,6 +191,20 @@ def test_as_chunk_accepts_messages_and_strings():
     assert as_chunk("plain").content == "plain"
 
 
+def test_as_chunk_keeps_unparsed_calls_off_the_wire():
+    """A cut-off or nameless call must not turn into a call again (AIMessageChunk would
+    re-parse its partial JSON): it stays invalid, and only its text goes out."""
+    broken = [
+        {"name": "get_weather", "args": '{"city": "Par', "id": "a", "error": "cut"},
+        {"name": None, "args": '{"name": "x", "arguments": {}}', "id": "b", "error": "no name"},
+    ]
+    chunk = as_chunk(AIMessage(content="", invalid_tool_calls=broken))
+    assert chunk.tool_calls == [] and chunk.tool_call_chunks == []
+    assert [c["id"] for c in chunk.invalid_tool_calls] == ["a", "b"]
+    wire = message_to_openai(chunk)
+    assert wire.tool_calls is None and '{"city": "Par' in wire.content
+
+
 @pytest.mark.parametrize(
     ("raw", "calls", "legacy", "expected"),
     [

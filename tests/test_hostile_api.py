@@ -99,28 +99,32 @@ def _health_while_held(server_url: str, path: str, body: dict, gate: Gate) -> tu
 def test_heavy_preparation_leaves_the_event_loop(server_url, monkeypatch, case):
     from model_adapters import local_chat
 
+    gate_name = "encode"
     if case == "tool_schema":  # rendered into the prompt: far past the context -> 400
         body = {"model": "tiny", "messages": HELLO, "tools": _tool(3000), "max_tokens": 2}
         module, path, ok = local_chat, "/v1/chat/completions", {400}
-    elif case == "response_format":  # compiled into a grammar, then generated
-        body = {
+    elif case == "response_format":  # compiled into a grammar and its shortest output
+        body = {  # measured: far more than 2 tokens -> 400 naming max_tokens
             "model": "tiny",
             "messages": HELLO,
             "response_format": _format(500),
             "max_tokens": 2,
         }
-        module, path, ok = local_chat, "/v1/chat/completions", {200}
+        module, path, ok = local_chat, "/v1/chat/completions", {400}
+        gate_name = "check_constraint"
     else:
         body = {"model": "tiny", "prompt": "lorem ipsum " * (5 * 1024 * 1024 // 12)}
         module, path, ok = local_chat, "/v1/completions", {400}
-    with gated(monkeypatch, module, "encode") as gate:
+    with gated(monkeypatch, module, gate_name) as gate:
         health, latency, still_running, response = _health_while_held(server_url, path, body, gate)
     assert health.status_code == 200
     assert still_running
     assert gate.thread.startswith("prepare"), gate.thread  # the bounded worker pool
     assert latency < 1.0, latency
     assert response.status_code in ok, response.text[:300]
-    if response.status_code == 400:
+    if case == "response_format":
+        assert error_of(response, 400)["param"] == "max_tokens"
+    elif response.status_code == 400:
         assert error_of(response, 400)["code"] == "context_length_exceeded"
 
 

@@ -90,12 +90,12 @@ def test_response_format_json_schema_always_validates(max_tokens, seed):
     assert reply.response_metadata["finish_reason"] == "stop"
 
 
-def test_budget_below_the_shortest_answer_is_reported_as_length():
+def test_budget_below_the_shortest_answer_is_a_clear_error_naming_max_tokens():
     model = chatbot.get_chat_model("tiny", max_tokens=8)
     fmt = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER}}
-    reply = model.invoke("make an order", response_format=fmt)
-    assert reply.response_metadata["finish_reason"] == "length"
-    assert reply.content.startswith('{"id": ')  # the shortest path, cut at the budget
+    with pytest.raises(ValueError, match="max_tokens: 8 is too small") as info:
+        model.invoke("make an order", response_format=fmt)
+    assert info.value.param == "max_tokens"
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-llama", "tiny-plain"])

@@ -123,13 +123,34 @@ async def test_async_paths_match_sync():
     assert [c["args"] for c in full.tool_calls] == [c["args"] for c in sync.tool_calls]
 
 
-def test_call_cut_by_max_tokens_is_an_invalid_tool_call_not_an_error():
+def test_forced_call_that_cannot_fit_max_tokens_is_refused_up_front():
     model = chatbot.get_chat_model("tiny", max_tokens=12)
-    reply = model.bind_tools(TOOLS, tool_choice="get_weather").invoke("weather?")
+    with pytest.raises(ValueError, match="max_tokens: 12 is too small") as info:
+        model.bind_tools(TOOLS, tool_choice="get_weather").invoke("weather?")
+    assert info.value.param == "max_tokens"
+
+
+def test_call_cut_by_length_is_an_invalid_tool_call_never_a_call():
+    """A call cut off (auto tool choice, the budget ran out) is an invalid_tool_call with
+    its error for LangChain, and no call (its partial text) in OpenAI's format."""
+    from chatbot.api.openai.convert import message_to_openai
+    from model_adapters.generation import Delta
+    from model_adapters.local_chat import _Output
+    from model_adapters.tool_parsers import get_parser
+
+    output = _Output("tiny", get_parser("hermes", tool_names=["get_weather"]))
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par'
+    chunks = output.chunks(Delta(text=text))
+    chunks += output.chunks(Delta(finish_reason="length", prompt_tokens=3, completion_tokens=9))
+    reply = output.result(chunks).generations[0].message
     assert reply.response_metadata["finish_reason"] == "length"
     assert not reply.tool_calls
     (bad,) = reply.invalid_tool_calls
     assert "unterminated" in bad["error"] and '"get_weather"' in bad["args"]
+    wire = message_to_openai(reply)
+    assert wire.tool_calls is None and '"get_weather"' in wire.content
+    streamed = [c for chunk in chunks for c in chunk.message.tool_call_chunks]
+    assert all(c.get("name") for c in streamed if c.get("id"))  # no nameless call headers
 
 
 @pytest.mark.parametrize("parser", ["hermes", "llama3", "mistral"])

@@ -261,7 +261,7 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, ValueError):
         # Models raise ValueError for input they reject (e.g. a chat template refusing a
         # role order). That is the client's input, not a server fault.
-        return bad_request(str(exc) or "Invalid request.")
+        return bad_request(str(exc) or "Invalid request.", param=getattr(exc, "param", None))
     return APIError(500, "The server had an error while processing your request.", code=None)
 
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatbot.api import limits
 from chatbot.api.errors import from_exception
 from chatbot.catalog import ModelCatalog
+from model_adapters.constrained import grammar_cache_bytes
 from model_adapters.router.replicas import REPLICA_COUNTERS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -77,6 +78,11 @@ class Metrics:
         self.loaded = Gauge(
             "chatbot_model_loaded", "1 if the model is loaded.", ["model"], registry=r
         )
+        self.grammar_cache = Gauge(
+            "chatbot_grammar_cache_bytes",
+            "Bytes held by the compiled-grammar caches (bounded LRU, structured output).",
+            registry=r,
+        )
         for counter in REPLICA_COUNTERS:
             r.register(counter)
 
@@ -87,6 +93,7 @@ class Metrics:
         loaded = catalog.loaded()
         for entry in catalog.registry.served():
             self.loaded.labels(entry.name).set(1 if entry.name in loaded else 0)
+        self.grammar_cache.set(grammar_cache_bytes())
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

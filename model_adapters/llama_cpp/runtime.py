@@ -225,14 +225,14 @@ class LlamaCppRuntime:
             generator = None
             if request.seed is not None:
                 generator = torch.Generator().manual_seed(request.seed)
+            budget = self._budget(request)
             constraint = None
-            if request.constraint is not None:
+            if request.constraint is not None:  # the budget it must close within
                 config = self.model.config
-                constraint = compile_constraint(request.constraint, self.tokenizer, config)
+                constraint = compile_constraint(request.constraint, self.tokenizer, config, budget)
         except Exception as exc:  # noqa: BLE001 - e.g. a constraint that does not compile
             sink.put(Delta(error=exc, finish_reason="error"))
             return
-        budget = self._budget(request)
         seq = Seq(
             request=request,
             sink=sink,
@@ -313,12 +313,12 @@ class LlamaCppRuntime:
                 row.finish = "error"
 
     def _emit(self, row: Seq, token: int) -> None:
+        constraint = row.constraint
+        if constraint is not None:  # may swap a token that leaves no room to close
+            token = constraint.accept(token)
         row.produced += 1
         row.next_token = token
         self.stats.generated_tokens += 1
-        constraint = row.constraint
-        if constraint is not None:
-            constraint.accept(token)
         if token in self.eos_ids:
             row.finish = "stop"
             return

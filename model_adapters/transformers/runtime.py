@@ -207,14 +207,17 @@ class HFRuntime:
         generator = None
         if request.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        # Never run past the context window, whatever max_tokens asked for.
+        budget = min(request.max_tokens, self.context_length - len(request.prompt_ids))
         return Row(
             request=request,
             sink=sink,
-            # Never run past the context window, whatever max_tokens asked for.
-            budget=min(request.max_tokens, self.context_length - len(request.prompt_ids)),
+            budget=budget,
             stops=StopMatcher(request.stop),
             decoder=IncrementalDecoder(self.tokenizer),
-            constraint=make_constraint(request.constraint, self.tokenizer, self.model.config),
+            constraint=make_constraint(
+                request.constraint, self.tokenizer, self.model.config, budget
+            ),
             generator=generator,
             length=len(request.prompt_ids),
         )
@@ -323,13 +326,13 @@ class HFRuntime:
                 row.finish = "error"
 
     def _emit(self, row: Any, token: int) -> None:
+        constraint = row.constraint
+        if constraint is not None:  # may swap a token that leaves no room to close
+            token = constraint.accept(token)
         row.produced += 1
         row.next_token = token
         row.output_ids.append(token)
         self.stats.generated_tokens += 1
-        constraint = row.constraint
-        if constraint is not None:
-            constraint.accept(token)
         if token in self.eos_ids:
             if row.logprobs:  # EOS is no text: its logprob is not reported (as vLLM)
                 row.logprobs.pop()
@@ -392,10 +395,10 @@ def prompt_logprobs(logits: Any, prompt: list[int], top: int) -> list[TokenLogpr
     return out
 
 
-def make_constraint(constraint: Any, tokenizer: Any, config: Any) -> Any:
+def make_constraint(constraint: Any, tokenizer: Any, config: Any, budget: int | None = None) -> Any:
     """Compile a Constraint into a token mask (see model_adapters.constrained)."""
     if constraint is None:
         return None
     from model_adapters.constrained import compile_constraint
 
-    return compile_constraint(constraint, tokenizer, config)
+    return compile_constraint(constraint, tokenizer, config, budget)

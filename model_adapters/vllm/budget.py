@@ -24,27 +24,23 @@ def wants_budget(constraint: Constraint | None) -> bool:
     return constraint is not None and getattr(constraint, "max_tokens", None) is not None
 
 
-def _matcher(constraint: Constraint, tokenizer: Any, config: Any, any_whitespace: bool) -> Any:
+def _matcher(
+    constraint: Constraint, tokenizer: Any, config: Any, any_whitespace: bool, budget: int
+) -> Any:
     """Our GrammarMatcher over the grammar vLLM enforces (its JSON whitespace setting is
     engine-wide, `structured_outputs_config.disable_any_whitespace`)."""
-    import json
-
-    from model_adapters.constrained import GrammarMatcher, _backend
+    from model_adapters.constrained import GrammarMatcher, _backend, _compiled
 
     backend = _backend(tokenizer, config)
-    if constraint.kind in ("json_schema", "json_object"):
-        spec = constraint.spec if constraint.kind == "json_schema" else {"type": "object"}
-        schema = spec if isinstance(spec, str) else json.dumps(spec)
-        strict = constraint.kind == "json_schema"
-        compiled = backend.compiler.compile_json_schema(
-            schema, any_whitespace=any_whitespace, strict_mode=strict
-        )
-    else:
-        compiled = backend.compile(constraint)
-    return GrammarMatcher(backend, compiled, getattr(constraint, "max_tokens", None))
+    compiled = _compiled(backend, constraint, any_whitespace)
+    max_tokens = getattr(constraint, "max_tokens", None)
+    return GrammarMatcher(backend, compiled, min(budget, max_tokens or budget))
 
 
 class BudgetedDecode:
+    """Follows vLLM's tokens with our matcher; a token our matcher would swap (its
+    shortest completion no longer fits the budget) ends vLLM's part: we close from there."""
+
     def __init__(
         self,
         constraint: Constraint,
@@ -53,7 +49,7 @@ class BudgetedDecode:
         budget: int,
         any_whitespace: bool = True,
     ) -> None:
-        self.matcher = _matcher(constraint, tokenizer, config, any_whitespace)
+        self.matcher = _matcher(constraint, tokenizer, config, any_whitespace, budget)
         self.decoder = IncrementalDecoder(tokenizer)
         self.stop_ids = set(self.matcher.backend.stop_ids)
         self.budget = budget
@@ -66,21 +62,22 @@ class BudgetedDecode:
     def following(self) -> bool:
         return self.finish is None and not self.must_close
 
-    def _take(self, token: int) -> str:
+    def _take(self, token: int) -> tuple[int, str]:
+        """Accept `token` (or the matcher's swap for it); returns (token taken, text)."""
         self.produced += 1
         if token in self.stop_ids:
             self.finish = "stop"
-            return ""
+            return token, ""
         if not self.lost:
             xgr_matcher = self.matcher.matcher
-            self.matcher.accept(token)
+            token = self.matcher.accept(token)
             if self.matcher.done():
                 if xgr_matcher.is_terminated() or xgr_matcher.is_completed():
                     self.finish = "stop"
                 else:  # rejected: vLLM's grammar differs; stop steering
                     log.warning("vllm output left our grammar; not steering this request")
                     self.lost = True
-        return self.decoder.add(token)
+        return token, self.decoder.add(token)
 
     def feed(self, token_ids: list[int]) -> str:
         """vLLM's next tokens -> the text to emit (none past the point of closing)."""
@@ -88,16 +85,19 @@ class BudgetedDecode:
         for token in token_ids:
             if not self.following:
                 break
-            # GrammarMatcher's own budget check, as the transformers runtime uses it.
-            if not self.lost and self.matcher.must_finish():
-                self.must_close = True
+            taken, text = self._take(token)
+            out.append(text)
+            if taken != token:  # swapped to keep room for closing: vLLM's part is over
+                self.must_close = self.finish is None
                 break
-            out.append(self._take(token))
         return "".join(out)
 
     def close(self) -> str:
         """The grammar's shortest completion, within what is left of the budget."""
         out = []
-        while self.finish is None and not self.lost and self.produced < self.budget:
-            out.append(self._take(self.matcher.finish_token(self.matcher.matcher)))
+        if self.finish is None and not self.lost:
+            for token in self.matcher.closing_tokens():
+                if self.finish is not None or self.produced >= self.budget:
+                    break
+                out.append(self._take(token)[1])
         return "".join(out)

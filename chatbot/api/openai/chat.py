@@ -51,7 +51,12 @@ def bind_tools(model: Runnable, body: ChatCompletionRequest, name: str) -> tuple
         try:
             if bind is None:
                 raise NotImplementedError
-            runnable = bind(tools, tool_choice=choice) if choice is not None else bind(tools)
+            extra: dict[str, Any] = {}
+            if choice is not None:
+                extra["tool_choice"] = choice
+            if body.parallel_tool_calls is not None:
+                extra["parallel_tool_calls"] = body.parallel_tool_calls
+            runnable = bind(tools, **extra)
         except NotImplementedError:
             raise bad_request(
                 f"Model {name!r} does not support tool calling (tools) yet.",

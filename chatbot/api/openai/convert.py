@@ -179,20 +179,20 @@ def as_chunk(output: Any) -> AIMessageChunk:
         return output
     if isinstance(output, AIMessage):
         calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id")}
-            for c in output.tool_calls
-        ] + [  # kept as given, so they stay invalid with their error text
-            {"name": c.get("name"), "args": c.get("args"), "id": c.get("id")}
-            for c in output.invalid_tool_calls
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"), "index": i}
+            for i, c in enumerate(output.tool_calls)
         ]
-        calls = [{**c, "index": i} for i, c in enumerate(calls)]
-        return AIMessageChunk(
+        chunk = AIMessageChunk(
             content=output.content,
             tool_call_chunks=calls,
             usage_metadata=output.usage_metadata,
             response_metadata=output.response_metadata,
             id=output.id,
         )
+        # Unparsed calls stay invalid and off the wire: as chunks, AIMessageChunk would
+        # re-parse them (partial JSON, no name) into calls.
+        chunk.invalid_tool_calls = list(output.invalid_tool_calls)
+        return chunk
     if isinstance(output, BaseMessage):
         return AIMessageChunk(content=output.content)
     return AIMessageChunk(content=content_text(output) if isinstance(output, list) else str(output))
@@ -213,20 +213,17 @@ def tool_calls_to_openai(message: AIMessage | AIMessageChunk) -> list[ToolCall]:
         )
         for c in message.tool_calls
     ]
-    # Calls whose arguments did not parse still go back, as the model wrote them.
-    calls += [
-        ToolCall(
-            id=_call_id(c.get("id")),
-            function=ToolCallFunction(name=c.get("name") or "", arguments=c.get("args") or ""),
-        )
-        for c in getattr(message, "invalid_tool_calls", None) or []
-    ]
+    # A call that did not parse (cut by max_tokens, bad JSON) is not a call: it never goes
+    # out as one (an empty name breaks clients); message_to_openai keeps its text.
     return calls
 
 
 def message_to_openai(message: AIMessage | AIMessageChunk) -> ChatMessage:
     calls = tool_calls_to_openai(message)
     text = content_text(message.content)
+    if not calls and not text:  # only unusable calls: the partial text is the answer
+        broken = getattr(message, "invalid_tool_calls", None) or []
+        text = "\n".join(str(c.get("args") or "") for c in broken if c.get("args"))
     return ChatMessage(content=text if text or not calls else None, tool_calls=calls or None)
 
 

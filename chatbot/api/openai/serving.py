@@ -281,7 +281,7 @@ async def _collect(serving: Serving, job: Job) -> Choice:
         tally = _Tally()
         tally.add(message)
         choice = tally.choice(job)
-        choice.has_tool_calls = bool(message.tool_calls or message.invalid_tool_calls)
+        choice.has_tool_calls = bool(message.tool_calls)  # unparsed calls never go out
         choice.message = message
         return choice
     tally = _Tally()
