@@ -5,11 +5,13 @@ the context-length check they all apply before queueing a request.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from chatbot.errors import ContextLengthError
+from chatbot.errors import ContextLengthError, QueueFullError
 
 if TYPE_CHECKING:
     from model_adapters.generation import GenerationRequest, Sink
@@ -47,6 +49,39 @@ def check_context(prompt_len: int, context_length: int) -> None:
         raise ContextLengthError(
             f"prompt has {prompt_len} tokens but the model's context length is {context_length}"
         )
+
+
+class QueuedWorker:
+    """The bounded, closable request queue in front of a runtime's one worker thread
+    (transformers, llama.cpp). The subclass defines `_run`, which waits on `_cond` for
+    `_waiting` requests or `_closed`, and calls `_start_worker` last in its __init__."""
+
+    _run: Any
+
+    def _start_worker(self, max_queue: int, name: str) -> None:
+        self.max_queue = max_queue
+        self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
+
+    def _enqueue(self, request: GenerationRequest, sink: Sink) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model runtime is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
+            self._waiting.append((request, sink))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the worker after its current step; requests left get an error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout=30)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")

@@ -200,9 +200,10 @@ class ForcedTokens:
         forced[self.tokens[self.pos]] = 0.0
         return forced
 
-    def accept(self, token: int) -> None:
+    def accept(self, token: int) -> int:
         assert token == self.tokens[self.pos]
         self.pos += 1
+        return token  # the token taken (a grammar matcher may swap it)
 
     def done(self) -> bool:
         return self.pos == len(self.tokens)

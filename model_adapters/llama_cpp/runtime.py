@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from chatbot.errors import QueueFullError
 from model_adapters.constrained import compile_constraint
 from model_adapters.generation import (
     Delta,
@@ -39,7 +37,7 @@ from model_adapters.generation import (
     StopMatcher,
     sample_next,
 )
-from model_adapters.runtime import EngineStats, check_context
+from model_adapters.runtime import EngineStats, QueuedWorker, check_context
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[LlamaCppRuntime] = weakref.WeakSet()
@@ -71,7 +69,7 @@ class Seq:
     reserved: int = 0  # cache cells held for it
 
 
-class LlamaCppRuntime:
+class LlamaCppRuntime(QueuedWorker):
     """GGUF weights + llama.cpp context + a worker thread batching all requests."""
 
     # Penalties, logit_bias, top_k, min_p and logprobs are not applied here: the HTTP
@@ -134,15 +132,10 @@ class LlamaCppRuntime:
         )
         self._size = int(ll.llama_model_size(self._model))
         self.stats = EngineStats()
-        self.max_queue = max_queue
-        self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
         self._rows: list[Seq] = []
         self._free_ids = list(range(self.max_batch_size - 1, -1, -1))
         self._reserved = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self._worker = threading.Thread(target=self._run, name=f"llama-{gguf.name}", daemon=True)
-        self._worker.start()
+        self._start_worker(max_queue, f"llama-{gguf.name}")  # it frees llama.cpp's objects
         _live.add(self)
 
     def memory_bytes(self) -> int:
@@ -158,21 +151,7 @@ class LlamaCppRuntime:
         check_context(n, self.context_length)
         if n == 0:
             raise ValueError("prompt_ids: at least one token is required")
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the model runtime is closed")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
-            self._waiting.append((request, sink))
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Stop the worker (after its current step); it frees the llama.cpp objects."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if threading.current_thread() is not self._worker:
-            self._worker.join(timeout=30)
+        self._enqueue(request, sink)
 
     # --- worker thread ---------------------------------------------------------------
 

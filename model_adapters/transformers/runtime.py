@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
-import threading
 import weakref
 from collections import deque
 from pathlib import Path
@@ -27,7 +26,6 @@ from model_adapters.generation import (
     Delta,
     GenerationRequest,
     IncrementalDecoder,
-    QueueFullError,
     Sink,
     StopMatcher,
     TokenLogprob,
@@ -36,7 +34,7 @@ from model_adapters.generation import (
     sample_next,
     token_logprob,
 )
-from model_adapters.runtime import EngineStats, check_context
+from model_adapters.runtime import EngineStats, QueuedWorker, check_context
 
 __all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
@@ -79,7 +77,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
     return torch.float32
 
 
-class HFRuntime:
+class HFRuntime(QueuedWorker):
     """Model + tokenizer + a worker thread that batches generation requests."""
 
     def __init__(
@@ -124,13 +122,8 @@ class HFRuntime:
         params = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = EngineStats()
-        self.max_queue = max_queue
-        self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
         self._batch = Batch(self.device)
-        self._worker = threading.Thread(target=self._run, name=f"hf-{Path(path).name}", daemon=True)
-        self._worker.start()
+        self._start_worker(max_queue, f"hf-{Path(path).name}")
         _live.add(self)
 
     def _eos_ids(self) -> set[int]:
@@ -153,21 +146,7 @@ class HFRuntime:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         self.check_fits(len(request.prompt_ids), request.max_tokens)
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the model runtime is closed")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFullError(f"request queue is full ({self.max_queue} waiting)")
-            self._waiting.append((request, sink))
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Stop the worker (after its current step); requests left get an error."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if threading.current_thread() is not self._worker:
-            self._worker.join(timeout=30)
+        self._enqueue(request, sink)
 
     # --- worker thread ---------------------------------------------------------------
 
