@@ -149,7 +149,8 @@ class ChatLocal(BaseChatModel):
         max_tokens = int(kwargs.get("max_tokens") or self.max_tokens)
         constraint = None
         if parser is not None:
-            parallel = kwargs.get("parallel_tool_calls") is not False  # OpenAI default: on
+            # Several calls only when asked: a small model repeats a forced call otherwise.
+            parallel = kwargs.get("parallel_tool_calls") is True
             constraint = forcing_constraint(tools, choice, parser, max_tokens, parallel)
         if constraint is None:
             constraint = response_format_constraint(kwargs.get("response_format"), max_tokens)

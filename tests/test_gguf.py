@@ -151,10 +151,19 @@ def test_model_flag_takes_a_gguf_file(tmp_path, smol_file, models_root) -> None:
     assert reg.get(name).resolved_path == smol_file
 
 
-def test_cli_errors_print_paths_plainly(tmp_path, models_root) -> None:
+def test_cli_errors_print_paths_plainly(tmp_path, models_root, monkeypatch) -> None:
+    from chatbot.settings import get_settings
+
     config = tmp_path / "models.yaml"
     config.write_text("serve: [gone]\nmodels:\n  gone: {path: 'llm_models/some[model]'}\n")
-    out = runner.invoke(app, ["serve", "--config", str(config)], terminal_width=60)
+    for key, value in os.environ.items():  # `serve` writes its options to CHATBOT_*:
+        if key.startswith("CHATBOT_"):  # put the session's values back afterwards
+            monkeypatch.setenv(key, value)
+    try:
+        out = runner.invoke(app, ["serve", "--config", str(config)], terminal_width=60)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert out.exit_code == 1
     # One line, no markup eaten ("[model]"), no doubled spaces from re-wrapping.
     assert f"looked in: {models_root / 'llm_models/some[model]'}, " in out.output
