@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
-from chains import kb
 from chains.agent import build_agent
 from chains.conversation import build_conversation_chain, get_history
+from chains.ingest import ingest
 from chains.rag import build_rag_chain
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 
@@ -28,7 +28,7 @@ def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine, monk
     (notes / "space.txt").write_text(
         "Mars is the fourth planet from the Sun.\nIt has two small moons.\n"
     )
-    kb.ingest("docs", [notes], embeddings="minilm")
+    ingest("docs", [notes], embeddings="minilm")
     chain = build_rag_chain(
         model=smol_engine.chat_model(temperature=0, max_tokens=40), store="docs"
     )
