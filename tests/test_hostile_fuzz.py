@@ -45,8 +45,12 @@ def _problem(status: int, text: str, content_type: str) -> str | None:
         return f"{status}: {text[:300]}"
     if status >= 400:
         try:
-            error = json.loads(text)["error"]
-            assert {"message", "type", "param", "code"} <= set(error)
+            body = json.loads(text)
+            error = body["error"]
+            if body.get("type") == "error":  # /v1/messages answers in Anthropic's form
+                assert {"message", "type"} <= set(error)
+            else:
+                assert {"message", "type", "param", "code"} <= set(error)
         except Exception as exc:  # noqa: BLE001 - reported with the response
             return f"{status} not in OpenAI error form ({exc!r}): {text[:300]}"
     if content_type.startswith("text/event-stream") and '"status_code": 5' in text:
