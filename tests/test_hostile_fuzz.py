@@ -28,7 +28,9 @@ from schemathesis import GenerationMode
 EXAMPLES = 2  # per operation and mode
 STALL = 1.0  # seconds: counted and reported
 BOUND = 30.0  # seconds: no single request may take longer (a generous bound on busy CI)
-RSS_BOUND = 512 * 2**20  # bytes of growth across the run
+# Bytes of growth across the run. Fuzzed requests may load the lazy real model (`smol`,
+# ~540 MB of float32 weights) the first time they name it: that is loading, not a leak.
+RSS_BOUND = 1024 * 2**20
 
 
 def _cap(case: schemathesis.Case) -> None:
