@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -97,6 +98,13 @@ class TestLlamaCppIntegration(ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return True
+
+    # As on the transformers engine (tests/test_real_standard.py): under tool_choice="auto"
+    # SmolLM2-135M answers in prose; forced calls pass in the suite above.
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    @pytest.mark.xfail(reason="SmolLM2-135M does not choose to call a tool on its own")
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
 
 
 # --- the runtime ---------------------------------------------------------------------
