@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from chains.agent import build_agent
 from chains.conversation import build_conversation_chain, get_history
@@ -40,20 +41,31 @@ def test_rag_answers_from_the_readme_notes(data_dir, tmp_path, smol_engine, monk
     assert "banana" in out["answer"].lower(), out["answer"]
 
 
+class PromptRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.prompts: list[list[BaseMessage]] = []
+
+    def on_chat_model_start(self, serialized, messages, **kwargs) -> None:
+        self.prompts.append(messages[0])
+
+
 def test_conversation_recalls_a_name_from_two_turns_earlier(data_dir, smol_engine):  # noqa: F811
     chain = build_conversation_chain(smol_engine.chat_model(temperature=0, max_tokens=24))
     session = {"session_id": "real-1"}
     chain.invoke({"input": "Hi! My name is Alice.", **session})
     chain.invoke({"input": "I live in a small town by the sea.", **session})
-    reply = chain.invoke({"input": "What is my name?", **session})
+    seen = PromptRecorder()
+    reply = chain.invoke({"input": "What is my name?", **session}, {"callbacks": [seen]})
     assert len(get_history("real-1").messages) == 6  # three turns kept
+    assert any("My name is Alice." in m.content for m in seen.prompts[-1])  # it was told
     if "Alice" not in reply.content:
-        # Seen here: "I'm Emily, the AI assistant. ... What's your name?". System prompts
-        # tried (none helped): "You are a helpful assistant." ("... What's your name?"),
-        # "Remember what the user tells you about themselves ..." (loops), "Facts the
-        # user states about themselves ... are about the user, not about you."; and the
-        # questions "What did I say my name was?", "Do you remember my name?", "Please
-        # repeat my name." (all "I'm Emily, the AI assistant. ...").
+        # The chain did its part (the history above is in the prompt); the 135M model
+        # does not use it. Measured greedily on the same weights, 3 turns of 24 tokens:
+        # 1 of 20 combinations of system prompt (none / "Use the user's name when you
+        # know it."), introduction ("My name is Alice." / "Hi, I am Alice. ...") and
+        # question ("What is my name?", "... Answer with just my name.", "Do you know my
+        # name? Tell me.", "Who am I?", "What name did I give you?") names Alice; the
+        # usual answer is "... My name is Emily." (the model's own persona).
         pytest.xfail(f"SmolLM2-135M does not recall the name: {reply.content!r}")
     assert "Alice" in reply.content
 
