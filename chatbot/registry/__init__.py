@@ -20,11 +20,12 @@ embeddings:
 ```
 
 The schema lives in `entries`, lookup in `lookup`, YAML loading in `loading`, path
-resolution in `paths`; everything public is re-exported here.
+resolution in `paths`, `--model` narrowing in `adhoc`; everything public is re-exported here.
 """
 
 from __future__ import annotations
 
+from chatbot.registry.adhoc import narrow_registry
 from chatbot.registry.entries import (
     DeployOptions,
     EngineOptions,
@@ -51,6 +52,7 @@ __all__ = [
     "Replica",
     "RouterOptions",
     "load_registry",
+    "narrow_registry",
     "parse_registry",
     "resolve_model_path",
 ]
