@@ -22,12 +22,6 @@ SECRET = "sk-test-not-a-real-key-1234"
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="module")
-def up():
-    with Upstream("up") as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def _clean(up: Upstream):
     up.fault, up.requests[:] = "none", []

@@ -21,12 +21,6 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (the project supports 3
 SECRET = "sk-test-not-a-real-key-1234"
 
 
-@pytest.fixture(scope="module")
-def up():
-    with Upstream("up") as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def _clean(up: Upstream):
     up.fault, up.requests[:] = "none", []
