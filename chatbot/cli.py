@@ -57,51 +57,15 @@ def _fail(message: str) -> typer.Exit:
 
 
 def build_registry(config: Path, models_root: Path, models: list[str] | None = None) -> Any:
-    """The registry file, narrowed to `models` when given.
-
-    Each of `models` is a registry name, or a path to a model directory or GGUF file (or
-    `hf://org/name`, `pkg://module/file`), which becomes an ad-hoc transformers entry
-    named after its last part. The registry's served embeddings stay served; its other
-    entries are not served, so one that is broken here (a missing path) does not matter.
-    """
-    from chatbot.registry import Registry, RegistryError, load_registry, parse_registry
+    """The registry file, narrowed to `models` when given (see `narrow_registry`); with
+    only ad-hoc paths, no registry file is needed."""
+    from chatbot.registry import Registry, load_registry, narrow_registry
 
     if config.exists() or not models:
         base = load_registry(config, models_root)
     else:  # only ad-hoc models: no registry file needed
         base = Registry({}, source=str(config))
-    if not models:
-        return base
-    entries = dict(base.entries)
-    serve: list[str] = []
-    for given in models:
-        if given in entries:
-            serve.append(given)
-            continue
-        path = Path(given).expanduser()
-        if given.startswith(("hf://", "pkg://")):
-            raw, name = given, given.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
-        elif path.exists():
-            raw, name = str(path.resolve()), path.resolve().name.removesuffix(".gguf")
-        else:
-            known = ", ".join(sorted(base.entries)) or "none"
-            raise _fail(f"--model {given!r}: not a registry entry ({known}) and not a path")
-        while name in entries:
-            name += "-1"
-        body = {"path": raw, "engines": ["transformers"], "description": f"ad-hoc: {given}"}
-        entry = parse_registry({"models": {name: body}}, models_root).entries[name]
-        if entry.unavailable:
-            raise RegistryError(f"--model {given!r}: {entry.unavailable}")
-        entries[name] = entry
-        serve.append(name)
-    serve += [e.name for e in base.served("embeddings") if e.name not in serve]
-    return Registry(
-        entries,
-        default_model=serve[0],
-        default_embeddings=base.default_embeddings,
-        serve=serve,
-        source=base.source,
-    )
+    return narrow_registry(base, models, models_root) if models else base
 
 
 def run_server(app_: Any, host: str | None = None, port: int | None = None) -> None:

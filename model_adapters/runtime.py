@@ -1,6 +1,7 @@
 """The runtime contract: what a local engine (transformers, vLLM) hands to `ChatLocal`
 and to the catalog's pool. One place for it, for the stats every runtime keeps and for
-the context-length check they all apply before queueing a request.
+the context-length check they all apply before queueing a request; and for how the
+worker-thread runtimes (transformers, llama.cpp) finish a row of their batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from chatbot.errors import ContextLengthError, QueueFullError
+from model_adapters.generation import Delta
 
 if TYPE_CHECKING:
     from model_adapters.generation import GenerationRequest, Sink
@@ -82,6 +84,34 @@ class QueuedWorker:
             self._cond.notify()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout=30)
+
+
+# --- a batch row's end (rows: request, stops, constraint, produced, budget, finish) ----
+
+
+def finish_after(row: Any, hit: bool) -> str | None:
+    """Why a row stops after the token it just produced (None: it goes on): a stop
+    string (`hit`), a constraint that is complete, or its token budget."""
+    if hit:
+        return "stop_string"
+    if row.constraint is not None and row.constraint.done():
+        return "stop"
+    if row.produced >= row.budget:
+        return "length"
+    return None
+
+
+def final_delta(row: Any, **extra: Any) -> Delta:
+    """The last delta of a finished row, with its token counts. Text held back for a
+    possible stop string is real output unless a stop string hit."""
+    stopped = row.finish == "stop_string"
+    return Delta(
+        text="" if stopped else row.stops.flush(),
+        finish_reason="stop" if stopped else row.finish,
+        prompt_tokens=len(row.request.prompt_ids),
+        completion_tokens=row.produced,
+        **extra,
+    )
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")

@@ -84,6 +84,15 @@ def _registry(registry_file: Path, models_root: Path):
     chatbot.set_registry(None)
 
 
+@pytest.fixture(scope="module")
+def up():
+    """A fake OpenAI-compatible server named "up" (tests/upstreams.py), one per module."""
+    from tests.upstreams import Upstream
+
+    with Upstream("up") as server:
+        yield server
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the local-Ray-cluster tests last: `ray.init` in this process changes process-wide
     state that the chain tests after them noticed (they passed alone, failed after Ray)."""

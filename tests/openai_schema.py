@@ -17,26 +17,32 @@ SPEC_PATH = Path(__file__).resolve().parent / "specs" / "openai-openapi.json"
 URI = "urn:openai-openapi"
 
 
-def _nullable(node: Any) -> Any:
+def nullable_to_json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true` -> JSON Schema's anyOf [..., null]."""
     if isinstance(node, list):
-        return [_nullable(n) for n in node]
+        return [nullable_to_json_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _nullable(v) for k, v in node.items()}
+    node = {k: nullable_to_json_schema(v) for k, v in node.items()}
     if node.pop("nullable", False) is True:
         meta = {k: node.pop(k) for k in ("description", "deprecated") if k in node}
         return {"anyOf": [node, {"type": "null"}], **meta}
     return node
 
 
-@lru_cache(maxsize=1)
-def _registry() -> Any:
+def spec_registry(path: Path, uri: str) -> Any:
+    """A `referencing` registry holding the spec file at `path` under `uri`."""
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    spec = _nullable(json.loads(SPEC_PATH.read_text(encoding="utf-8")))
+    spec = nullable_to_json_schema(json.loads(path.read_text(encoding="utf-8")))
     resource = Resource.from_contents(spec, default_specification=DRAFT202012)
-    return Registry().with_resource(URI, resource)
+    return Registry().with_resource(uri, resource)
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    return spec_registry(SPEC_PATH, URI)
 
 
 def validate(instance: Any, schema_name: str) -> None:

@@ -4,10 +4,11 @@ tests/specs/openai-responses-schemas.json (descriptions and examples stripped)."
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from tests.openai_schema import spec_registry
 
 SPEC = Path(__file__).parent / "specs" / "openai-responses-schemas.json"
 URI = "urn:openai-responses"
@@ -31,26 +32,9 @@ EVENTS = {
 }
 
 
-def _nullable(node: Any) -> Any:  # OpenAPI 3.0's `nullable` -> JSON Schema
-    if isinstance(node, list):
-        return [_nullable(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    node = {k: _nullable(v) for k, v in node.items()}
-    if node.pop("nullable", False) is True:
-        return {"anyOf": [node, {"type": "null"}]}
-    return node
-
-
 @lru_cache(maxsize=1)
 def _registry() -> Any:
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT202012
-
-    spec = _nullable(json.loads(SPEC.read_text(encoding="utf-8")))
-    return Registry().with_resource(
-        URI, Resource.from_contents(spec, default_specification=DRAFT202012)
-    )
+    return spec_registry(SPEC, URI)
 
 
 def validate(instance: Any, schema_name: str) -> None:

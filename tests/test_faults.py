@@ -18,7 +18,7 @@ from chatbot.errors import AllReplicasFailed, StreamInterrupted
 from chatbot.settings import Settings
 from tests.openai_schema import validate
 from tests.server_utils import start_server
-from tests.upstreams import Upstream, dead_url, registry_with
+from tests.upstreams import dead_url, registry_with
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -50,12 +50,6 @@ def error_of(r: httpx.Response, status: int) -> dict:
     body = r.json()
     validate(body, "ErrorResponse")
     return body["error"]
-
-
-@pytest.fixture(scope="module")
-def up():
-    with Upstream("up") as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
-from langchain_tests.integration_tests import ChatModelIntegrationTests
-from langchain_tests.unit_tests import ChatModelUnitTests
 
 pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (optional extra '.[llama-cpp]')"
@@ -27,6 +25,7 @@ from model_adapters.generation import (  # noqa: E402
     stream_async,
 )
 from model_adapters.local_chat import ChatLocal  # noqa: E402
+from tests.chat_local_suite import ChatLocalIntegrationTests, ChatLocalUnitTests
 from tests.real_model import smol_gguf  # noqa: E402
 
 NAME = "smollm-gguf"
@@ -60,44 +59,16 @@ def params(**extra: Any) -> dict[str, Any]:
     return {"model": NAME, "runtime": engine().runtime, "temperature": 0, **extra}
 
 
-class TestLlamaCppUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
-
+class TestLlamaCppUnit(ChatLocalUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return params()
 
 
-class TestLlamaCppIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
-
+class TestLlamaCppIntegration(ChatLocalIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         return params(max_tokens=48)
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     # As on the transformers engine (tests/test_real_standard.py): under tool_choice="auto"
     # SmolLM2-135M answers in prose; forced calls pass in the suite above.

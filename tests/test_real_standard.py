@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from model_adapters.local_chat import ChatLocal
+from tests.chat_local_suite import ChatLocalIntegrationTests
 
 pytestmark = pytest.mark.real_model
 
@@ -17,38 +16,14 @@ pytestmark = pytest.mark.real_model
 PARAMS = {"model": "smol", "temperature": 0, "max_tokens": 200}
 
 
-class TestSmolIntegration(ChatModelIntegrationTests):
+class TestSmolIntegration(ChatLocalIntegrationTests):
     @pytest.fixture(autouse=True)
     def _loaded(self, smol_engine) -> None:
         """Load the shared weights before the first test (not inside its timing)."""
 
     @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
-
-    @property
     def chat_model_params(self) -> dict:
         return PARAMS
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     # Shown here: with the tools in the system prompt (the GGUF template has none) and
     # tool_choice="auto", SmolLM2-135M answers in prose instead of calling get_weather

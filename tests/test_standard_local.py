@@ -4,53 +4,23 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_tests.integration_tests import ChatModelIntegrationTests
-from langchain_tests.unit_tests import ChatModelUnitTests
 
-from model_adapters.local_chat import ChatLocal
+from tests.chat_local_suite import ChatLocalIntegrationTests, ChatLocalUnitTests
 
 PARAMS = {"model": "tiny", "temperature": 0}
 
 
-class TestLocalUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
-
+class TestLocalUnit(ChatLocalUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return PARAMS
 
 
-class TestLocalIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatLocal]:
-        return ChatLocal
-
+class TestLocalIntegration(ChatLocalIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         # A forced tool call from random weights needs ~30 tokens (grammar-made).
         return {**PARAMS, "max_tokens": 48}
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     # Random weights can be made to call a tool with valid arguments (grammar), but not to
     # pick the right argument value, copy text from the prompt, or decide on their own to

@@ -18,11 +18,18 @@ KEY = {"Authorization": "Bearer sk-ui"}
 
 
 @pytest.fixture(scope="module")
-def url(_registry):
+def app_data(tmp_path_factory) -> Path:
+    """The app's own settings.data_dir (not the process's: see `data_dir`)."""
+    return tmp_path_factory.mktemp("app-data")
+
+
+@pytest.fixture(scope="module")
+def url(_registry, app_data):
     from chatbot.api import create_app
     from chatbot.settings import Settings
 
-    app = create_app(Settings(api_keys=["sk-ui"], cors_origins=[]), show_progress=False)
+    settings = Settings(api_keys=["sk-ui"], cors_origins=[], data_dir=app_data)
+    app = create_app(settings, show_progress=False)
     with start_server(app) as base:
         yield base
 
@@ -96,7 +103,7 @@ def test_upload_of_one_name_twice_is_a_400(url, data_dir):  # noqa: F811
     assert r.status_code == 400 and "twice" in r.json()["error"]["message"]
 
 
-def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir):  # noqa: F811
+def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir, app_data):  # noqa: F811
     r = _upload(url, "notes", [("a.md", b"# A\nalpha text\n"), ("b.txt", b"beta text\n")])
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -121,7 +128,9 @@ def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir):  # noqa:
     assert bad_type.status_code == 400
     message = bad_type.json()["error"]["message"]
     assert message.startswith("x.exe: unsupported file type '.exe'"), message  # no server path
-    assert not (data_dir / "uploads" / "notes" / "x.exe").exists()  # nothing left behind
+    uploads = app_data / "uploads" / "notes"  # under the app's data_dir, not the process's
+    assert sorted(p.name for p in uploads.iterdir()) == ["a.md", "b.txt"]  # x.exe: not left
+    assert not (data_dir / "uploads").exists()
 
     bad_name = _upload(url, "bad name", [("a.md", b"x")])
     assert bad_name.status_code == 400 and "invalid knowledge-base name" in bad_name.text

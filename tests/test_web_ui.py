@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from chatbot import factory
+from tests.browser_page import ARGS, PHONE, Page, ask, open_chat, playground, until
 from tests.server_utils import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -25,20 +26,6 @@ if not Path(CHROMIUM).exists() and not os.environ.get("CHATBOT_TEST_BROWSER"):
     # CI sets CHATBOT_TEST_BROWSER=1 (.ci/run): there a missing browser is a failure.
     pytest.skip("needs Debian's chromium: apt-get install -y chromium", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
-
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = Path(__file__).parent / "artifacts" / "screenshots"
-PHONE = {"width": 390, "height": 844}
-TIMEOUT = 120_000  # ms, for one answer on a busy 2-core machine
 
 
 @pytest.fixture(scope="session")
@@ -117,45 +104,12 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-class Page:
-    """A browser page that records JS errors (pageerror) for the test to check."""
-
-    def __init__(self, browser: Any, viewport: dict[str, int] | None = None) -> None:
-        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 860})
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT)
-        self.errors: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-
-    def shot(self, name: str) -> None:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"))
-
-
 @pytest.fixture
 def tab(browser) -> Iterator[Page]:
     page = Page(browser)
     yield page
     page.context.close()
     assert page.errors == [], page.errors
-
-
-def open_chat(tab: Page, url: str) -> Any:
-    page = tab.page
-    page.goto(url + "/")
-    page.wait_for_selector("#model option", state="attached")  # /v1/models answered
-    return page
-
-
-def ask(page: Any, text: str) -> Any:
-    """Send `text`; returns the answer's element once the answer is complete."""
-    before = page.locator(".msg.ai").count()
-    page.fill("#input", text)
-    page.keyboard.press("Enter")
-    answer = page.locator(".msg.ai").nth(before)
-    answer.wait_for()
-    page.wait_for_function("el => !el.classList.contains('streaming')", arg=answer.element_handle())
-    return answer
 
 
 def test_chat_streams_the_answer_and_keeps_the_conversation(base_url, tab):
@@ -211,7 +165,7 @@ def test_stop_cancels_the_generation_on_the_server(base_url, tab):
     page.wait_for_selector(".msg.ai:not(.streaming)")
     assert "stopped" in page.locator(".msg.ai .meta").inner_text()
     # The engine drops the request within a step of the client going away.
-    _until(page, lambda: runtime.stats.cancelled > cancelled)
+    until(page, lambda: runtime.stats.cancelled > cancelled)
     assert runtime.stats.cancelled == cancelled + 1
     assert page.is_visible("#send") and not page.is_visible("#stop")
 
@@ -290,14 +244,6 @@ def _hold(url: str, done: threading.Event) -> None:
                 return
 
 
-def _until(page: Any, condition: Any) -> None:
-    for _ in range(600):
-        if condition():
-            return
-        page.wait_for_timeout(100)
-    raise AssertionError("condition not met")
-
-
 def test_errors_are_shown(base_url, tab):
     page = open_chat(tab, base_url)
     # A model that failed to load.
@@ -316,9 +262,9 @@ def test_errors_are_shown(base_url, tab):
     threads = [threading.Thread(target=_hold, args=(base_url, done)) for _ in range(2)]
     try:
         threads[0].start()
-        _until(page, lambda: runtime._batch.rows)  # the first one is running
+        until(page, lambda: runtime._batch.rows)  # the first one is running
         threads[1].start()
-        _until(page, lambda: runtime._waiting)  # the second one waits
+        until(page, lambda: runtime._waiting)  # the second one waits
         page.select_option("#model", "tiny-q1")
         ask(page, "hi")
         error = page.inner_text("#error")
@@ -379,15 +325,8 @@ def test_api_key_is_asked_for_and_sent(web_registry, data_dir, browser):
 # --- LangServe playgrounds ----------------------------------------------------------
 
 
-def _playground(tab: Page, url: str) -> Any:
-    page = tab.page
-    page.goto(url)
-    page.wait_for_selector("textarea")  # rendered (a schema it cannot show: blank page)
-    return page
-
-
 def test_model_playground_is_the_chat_playground(base_url, tab):
-    page = _playground(tab, f"{base_url}/models/smol/playground/")
+    page = playground(tab, f"{base_url}/models/smol/playground/")
     with page.expect_response(lambda r: r.url.endswith("/models/smol/stream_log")) as info:
         page.fill("textarea", "What is the capital of France?")
         page.keyboard.press("Enter")
@@ -410,7 +349,7 @@ def test_chain_playgrounds_render_and_run(base_url, tab, chain, fields, shown, t
 
         (tmp_path / "zorblax.md").write_text("The sky on the planet Zorblax is green.\n")
         ingest("planets", [tmp_path / "zorblax.md"])
-    page = _playground(tab, f"{base_url}/chains/{chain}/playground/")
+    page = playground(tab, f"{base_url}/chains/{chain}/playground/")
     for name, value in fields.items():
         page.fill(f"[id='#/properties/{name}-input']", value)
     with page.expect_response(lambda r: r.url.endswith(f"/chains/{chain}/stream_log")) as info:
@@ -422,6 +361,6 @@ def test_chain_playgrounds_render_and_run(base_url, tab, chain, fields, shown, t
         from chains.conversation import get_history
 
         # Saved once the answer is complete (right after its last chunk is sent).
-        _until(page, lambda: get_history("playground").messages)
+        until(page, lambda: get_history("playground").messages)
         assert [m.type for m in get_history("playground").messages] == ["human", "ai"]
     tab.shot(f"playground-{chain}")

@@ -23,7 +23,7 @@ from langchain_core.messages import messages_from_dict, messages_to_dict
 from pydantic import BaseModel, Field
 
 from chatbot.api.errors import APIError
-from chatbot.settings import get_settings
+from chatbot.settings import Settings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 _TYPES = {
@@ -125,8 +125,8 @@ async def add_turn(session_id: str, turn: Turn) -> dict[str, Any]:
 # --- upload into a knowledge base ---------------------------------------------------
 
 
-def _upload_dir(kb: str) -> Path:
-    return Path(get_settings().data_dir).expanduser().resolve() / "uploads" / kb
+def _upload_dir(settings: Settings, kb: str) -> Path:
+    return Path(settings.data_dir).expanduser().resolve() / "uploads" / kb
 
 
 def _safe_name(name: str | None) -> str:
@@ -136,9 +136,9 @@ def _safe_name(name: str | None) -> str:
     return base
 
 
-def _local(exc: Exception, kb: str) -> str:
+def _local(exc: Exception, folder: Path) -> str:
     # The message names the upload by its path on the server: say just its name.
-    return str(exc).replace(f"{_upload_dir(kb)}{os.sep}", "")
+    return str(exc).replace(f"{folder}{os.sep}", "")
 
 
 def _save(files: list[tuple[str, bytes]], folder: Path) -> tuple[list[Path], list[Path]]:
@@ -165,7 +165,9 @@ def _undo(paths: list[Path], kept: list[Path]) -> None:
 
 
 @api.post("/kbs/{name}/files")
-async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingResponse:
+async def upload(
+    request: Request, name: str, files: list[UploadFile] = File(...)
+) -> StreamingResponse:
     """Ingest uploaded files into KB `name` (created if new) with `chatbot kb ingest`'s
     rules. Answers NDJSON: `{"file", "done", "total"}` lines while it works, then
     `{"report": ...}` or `{"error": {...}}`. Bad names and unsupported files are a 400."""
@@ -181,13 +183,14 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
     if len(set(names)) != len(names):  # one previous version per name can be kept aside
         dup = next(n for n in names if names.count(n) > 1)
         raise APIError(400, f"files: {dup!r} is uploaded twice", param="files")
-    paths, kept = await asyncio.to_thread(_save, uploads, _upload_dir(name))
+    folder = _upload_dir(request.app.state.chatbot.settings, name)  # this app's, not global
+    paths, kept = await asyncio.to_thread(_save, uploads, folder)
     try:
         if not collect_files(paths):
             raise LoadError(f"no supported files among: {', '.join(n for n, _ in uploads)}")
     except (LoadError, kb.KBError) as exc:
         _undo(paths, kept)
-        raise APIError(400, _local(exc, name), param="files") from None
+        raise APIError(400, _local(exc, folder), param="files") from None
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -211,7 +214,7 @@ async def upload(name: str, files: list[UploadFile] = File(...)) -> StreamingRes
             report = task.result()
         except (kb.KBError, ValueError, OSError) as exc:
             _undo(paths, kept)
-            body = APIError(400, _local(exc, name), param="files").body()
+            body = APIError(400, _local(exc, folder), param="files").body()
             yield (json.dumps(body) + "\n").encode()
             return
         for prev in kept:

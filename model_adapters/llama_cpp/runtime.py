@@ -37,7 +37,13 @@ from model_adapters.generation import (
     StopMatcher,
     sample_next,
 )
-from model_adapters.runtime import EngineStats, QueuedWorker, check_context
+from model_adapters.runtime import (
+    EngineStats,
+    QueuedWorker,
+    check_context,
+    final_delta,
+    finish_after,
+)
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[LlamaCppRuntime] = weakref.WeakSet()
@@ -304,12 +310,8 @@ class LlamaCppRuntime(QueuedWorker):
         text, hit = row.stops.feed(row.decoder.add(token))
         if text:
             row.sink.put(Delta(text=text))
-        if hit:
-            row.finish = "stop_string"
-        elif constraint is not None and constraint.done():
-            row.finish = "stop"
-        elif row.produced >= row.budget:
-            row.finish = "length"
+        if (finish := finish_after(row, hit)) is not None:
+            row.finish = finish
 
     def _retire(self) -> None:
         """Send the last delta of finished rows, free their sequences and cache cells."""
@@ -323,15 +325,7 @@ class LlamaCppRuntime(QueuedWorker):
                 continue
             if row.finish == "cancelled":
                 self.stats.cancelled += 1
-            tail = "" if row.finish == "stop_string" else row.stops.flush()
-            row.sink.put(
-                Delta(
-                    text=tail,
-                    finish_reason="stop" if row.finish == "stop_string" else row.finish,
-                    prompt_tokens=len(row.request.prompt_ids),
-                    completion_tokens=row.produced,
-                )
-            )
+            row.sink.put(final_delta(row))
         self._rows = keep
 
     def _release(self, row: Seq) -> None:

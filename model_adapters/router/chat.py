@@ -27,6 +27,8 @@ from model_adapters.router.replicas import (
 
 __all__ = ["ChatRouter", "RouterEmbeddings", "StreamInterrupted"]
 
+Tried = list[tuple[str, BaseException]]  # (source, its error), for AllReplicasFailed
+
 
 def _has_token(chunk: AIMessageChunk) -> bool:
     return bool(chunk.content) or bool(chunk.tool_call_chunks)
@@ -34,6 +36,11 @@ def _has_token(chunk: AIMessageChunk) -> bool:
 
 def _to_generation(chunk: AIMessageChunk) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=chunk)
+
+
+def _token(chunk: AIMessageChunk) -> str | None:
+    """The text for callbacks' on_llm_new_token (None: no text in this chunk)."""
+    return chunk.content if isinstance(chunk.content, str) and chunk.content else None
 
 
 class ChatRouter(BaseChatModel):
@@ -131,15 +138,26 @@ class ChatRouter(BaseChatModel):
         return await self.pool.arun(call, [(n, fallback(n)) for n in self.fallbacks])
 
     # --- streaming: fail over until the first token ---------------------------------
+    # _stream and _astream are the same loop, one sync and one async; what they decide
+    # (hold, pass on, fail over, give up) is in _StreamAttempt and the helpers below.
 
-    def _sources(self) -> Iterator[tuple[str, Member | None, BaseChatModel]]:
+    def _attempts(self) -> Iterator[_StreamAttempt]:
         """Replicas in the pool's order (each acquired), then the fallback models."""
         names: set[str] = set()
         while (member := self.pool.acquire(names, probe=not self.fallbacks)) is not None:
             names.add(member.label)
-            yield member.label, member, self._replica(member)
+            yield _StreamAttempt(self, member.label, self._replica(member), member)
         for name in self.fallbacks:
-            yield f"fallback {name!r}", None, self._fallback(name)
+            yield _StreamAttempt(self, f"fallback {name!r}", self._fallback(name))
+
+    def _pause(self, tried: Tried, attempt: _StreamAttempt) -> float | None:
+        """Seconds to wait before retrying on another replica (None: go on at once)."""
+        if tried and attempt.member is not None:
+            return self.pool.backoff(len(tried))
+        return None
+
+    def _all_failed(self, tried: Tried) -> AllReplicasFailed:
+        return AllReplicasFailed(self.model, tried, self.pool.cooling({t for t, _ in tried}))
 
     def _stream(
         self,
@@ -148,41 +166,27 @@ class ChatRouter(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        tried: list[tuple[str, BaseException]] = []
-        for label, member, model in self._sources():
-            if tried and member is not None:
-                time.sleep(self.pool.backoff(len(tried)))
-            held: list[AIMessageChunk] = []  # chunks without a token yet: failover is still safe
-            sent, failure = False, None
+        tried: Tried = []
+        for attempt in self._attempts():
+            if (pause := self._pause(tried, attempt)) is not None:
+                time.sleep(pause)
             try:
-                for chunk in model.stream(messages, stop=stop, **kwargs):
-                    if not sent and not _has_token(chunk):
-                        held.append(chunk)
-                        continue
-                    for part in [*held, chunk] if not sent else [chunk]:
-                        if run_manager and isinstance(part.content, str) and part.content:
-                            run_manager.on_llm_new_token(part.content)
+                for chunk in attempt.chat.stream(messages, stop=stop, **kwargs):
+                    for part in attempt.feed(chunk):
+                        if run_manager and (token := _token(part)):
+                            run_manager.on_llm_new_token(token)
                         yield _to_generation(part)
-                    sent, held = True, []
-                for part in held:
+                for part in attempt.rest():
                     yield _to_generation(part)
             except Exception as exc:
-                failure = exc
-                if sent:
-                    raise StreamInterrupted(
-                        f"model {self.model!r}: {label} failed after the "
-                        f"first token ({type(exc).__name__}: {exc})"
-                    ) from exc
-                if member is not None and not is_replica_failure(exc):
+                if not attempt.fail(exc):
                     raise
-                tried.append((label, exc))
+                tried.append((attempt.label, exc))
                 continue
             finally:  # also when the caller stops reading early
-                if member is not None:
-                    bad = failure is not None and is_replica_failure(failure)
-                    self.pool.release(member, failure if bad else None)
+                attempt.release()
             return
-        raise AllReplicasFailed(self.model, tried, self.pool.cooling({t for t, _ in tried}))
+        raise self._all_failed(tried)
 
     async def _astream(
         self,
@@ -191,41 +195,75 @@ class ChatRouter(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        tried: list[tuple[str, BaseException]] = []
-        for label, member, model in self._sources():
-            if tried and member is not None:
-                await asyncio.sleep(self.pool.backoff(len(tried)))
-            held: list[AIMessageChunk] = []
-            sent, failure = False, None
+        tried: Tried = []
+        for attempt in self._attempts():
+            if (pause := self._pause(tried, attempt)) is not None:
+                await asyncio.sleep(pause)
             try:
-                async for chunk in model.astream(messages, stop=stop, **kwargs):
-                    if not sent and not _has_token(chunk):
-                        held.append(chunk)
-                        continue
-                    for part in [*held, chunk] if not sent else [chunk]:
-                        if run_manager and isinstance(part.content, str) and part.content:
-                            await run_manager.on_llm_new_token(part.content)
+                async for chunk in attempt.chat.astream(messages, stop=stop, **kwargs):
+                    for part in attempt.feed(chunk):
+                        if run_manager and (token := _token(part)):
+                            await run_manager.on_llm_new_token(token)
                         yield _to_generation(part)
-                    sent, held = True, []
-                for part in held:
+                for part in attempt.rest():
                     yield _to_generation(part)
             except Exception as exc:
-                failure = exc
-                if sent:
-                    raise StreamInterrupted(
-                        f"model {self.model!r}: {label} failed after the "
-                        f"first token ({type(exc).__name__}: {exc})"
-                    ) from exc
-                if member is not None and not is_replica_failure(exc):
+                if not attempt.fail(exc):
                     raise
-                tried.append((label, exc))
+                tried.append((attempt.label, exc))
                 continue
             finally:  # also when the caller stops reading early
-                if member is not None:
-                    bad = failure is not None and is_replica_failure(failure)
-                    self.pool.release(member, failure if bad else None)
+                attempt.release()
             return
-        raise AllReplicasFailed(self.model, tried, self.pool.cooling({t for t, _ in tried}))
+        raise self._all_failed(tried)
+
+
+class _StreamAttempt:
+    """One source's try at a stream. Chunks without a token are held back (failing over
+    is still safe before the first token), then passed on with the first that has one."""
+
+    def __init__(
+        self, router: ChatRouter, label: str, chat: BaseChatModel, member: Member | None = None
+    ) -> None:
+        self.router = router
+        self.label = label
+        self.chat = chat
+        self.member = member  # None: a fallback model (not one of the pool's replicas)
+        self.held: list[AIMessageChunk] = []
+        self.sent = False
+        self.failure: Exception | None = None
+
+    def feed(self, chunk: AIMessageChunk) -> list[AIMessageChunk]:
+        """The chunks to pass on now that `chunk` came."""
+        if self.sent:
+            return [chunk]
+        if not _has_token(chunk):
+            self.held.append(chunk)
+            return []
+        parts, self.held, self.sent = [*self.held, chunk], [], True
+        return parts
+
+    def rest(self) -> list[AIMessageChunk]:
+        """The chunks still held when the stream ended without a token."""
+        parts, self.held = self.held, []
+        return parts
+
+    def fail(self, exc: Exception) -> bool:
+        """Whether the next source may be tried after `exc`; once a token was passed on,
+        StreamInterrupted (the caller has part of an answer)."""
+        self.failure = exc
+        if self.sent:
+            raise StreamInterrupted(
+                f"model {self.router.model!r}: {self.label} failed after the "
+                f"first token ({type(exc).__name__}: {exc})"
+            ) from exc
+        return self.member is None or is_replica_failure(exc)
+
+    def release(self) -> None:
+        """Give the replica back to the pool (a replica failure puts it in cooldown)."""
+        if self.member is not None:
+            bad = self.failure is not None and is_replica_failure(self.failure)
+            self.router.pool.release(self.member, self.failure if bad else None)
 
 
 class RouterEmbeddings(Embeddings):

@@ -154,6 +154,14 @@ class ReplicaPool:
         return base * random.uniform(0.5, 1.0)
 
     # --- failover for one call (chat or embeddings) ----------------------------------
+    # run and arun are the same loop, one sync and one async; _failed decides for both.
+
+    def _failed(self, member: Member, exc: Exception) -> bool:
+        """Release `member` after `exc`: a replica failure puts it in cooldown and the
+        next one is tried (True); any other error is the caller's (False: re-raise)."""
+        failed = is_replica_failure(exc)
+        self.release(member, exc if failed else None)
+        return failed
 
     def run(
         self, call: Callable[[Member], T], fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()
@@ -167,9 +175,7 @@ class ReplicaPool:
             try:
                 result = call(member)
             except Exception as exc:
-                failed = is_replica_failure(exc)
-                self.release(member, exc if failed else None)
-                if not failed:
+                if not self._failed(member, exc):
                     raise
                 tried.append((member.label, exc))
                 continue
@@ -199,9 +205,7 @@ class ReplicaPool:
             try:
                 result = await call(member)
             except Exception as exc:
-                failed = is_replica_failure(exc)
-                self.release(member, exc if failed else None)
-                if not failed:
+                if not self._failed(member, exc):
                     raise
                 tried.append((member.label, exc))
                 continue

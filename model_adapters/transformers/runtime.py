@@ -34,7 +34,13 @@ from model_adapters.generation import (
     sample_next,
     token_logprob,
 )
-from model_adapters.runtime import EngineStats, QueuedWorker, check_context
+from model_adapters.runtime import (
+    EngineStats,
+    QueuedWorker,
+    check_context,
+    final_delta,
+    finish_after,
+)
 
 __all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
@@ -320,12 +326,8 @@ class HFRuntime(QueuedWorker):
         text, hit = row.stops.feed(row.decoder.add(token))
         if text:
             row.sink.put(Delta(text=text, logprobs=_take_logprobs(row)))
-        if hit:
-            row.finish = "stop_string"
-        elif constraint is not None and constraint.done():
-            row.finish = "stop"
-        elif row.produced >= row.budget:
-            row.finish = "length"
+        if (finish := finish_after(row, hit)) is not None:
+            row.finish = finish
 
     def _retire(self, batch: Any) -> None:
         """Send the last delta of every finished row and drop those rows from the batch."""
@@ -338,18 +340,8 @@ class HFRuntime(QueuedWorker):
                 continue
             if row.finish == "cancelled":
                 self.stats.cancelled += 1
-            # Text held back for a possible stop string is real output unless a stop hit.
-            tail = "" if row.finish == "stop_string" else row.stops.flush()
-            row.sink.put(
-                Delta(
-                    text=tail,
-                    finish_reason="stop" if row.finish == "stop_string" else row.finish,
-                    prompt_tokens=len(row.request.prompt_ids),
-                    completion_tokens=row.produced,
-                    logprobs=_take_logprobs(row),
-                    stop_sequence=row.stops.matched if row.finish == "stop_string" else None,
-                )
-            )
+            stop = row.stops.matched if row.finish == "stop_string" else None
+            row.sink.put(final_delta(row, logprobs=_take_logprobs(row), stop_sequence=stop))
         batch.keep(keep)
 
     def _fail(self, rows: list[Any], exc: BaseException) -> None:
