@@ -19,6 +19,7 @@ import pytest
 
 from chatbot import factory
 from tests.browser_page import ARGS, PHONE, Page, ask, open_chat, playground, until
+from tests.gates import StepGate
 from tests.server_utils import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -256,20 +257,22 @@ def test_errors_are_shown(base_url, tab):
     ask(page, "word " * 9000)
     assert "does not fit" in page.inner_text("#error")
 
-    # 429: tiny-q1 runs one request and queues one; the third is refused.
+    # 429: tiny-q1 runs one request and queues one; the third is refused. The gate holds
+    # the worker inside its first step, so the first request cannot finish meanwhile.
     runtime = factory.get_engine("tiny-q1").runtime
     done = threading.Event()
     threads = [threading.Thread(target=_hold, args=(base_url, done)) for _ in range(2)]
     try:
-        threads[0].start()
-        until(page, lambda: runtime._batch.rows)  # the first one is running
-        threads[1].start()
-        until(page, lambda: runtime._waiting)  # the second one waits
-        page.select_option("#model", "tiny-q1")
-        ask(page, "hi")
-        error = page.inner_text("#error")
-        assert "HTTP 429" in error and "queue is full" in error, error
-        tab.shot("error-429")
+        with StepGate(runtime, rows=1) as gate:
+            threads[0].start()
+            assert gate.full.wait(60)  # the first one is running
+            threads[1].start()
+            until(page, lambda: runtime._waiting)  # the second one waits
+            page.select_option("#model", "tiny-q1")
+            ask(page, "hi")
+            error = page.inner_text("#error")
+            assert "HTTP 429" in error and "queue is full" in error, error
+            tab.shot("error-429")
     finally:
         done.set()
         for thread in threads:
@@ -330,7 +333,7 @@ def test_model_playground_is_the_chat_playground(base_url, tab):
     with page.expect_response(lambda r: r.url.endswith("/models/smol/stream_log")) as info:
         page.fill("textarea", "What is the capital of France?")
         page.keyboard.press("Enter")
-    assert info.value.status == 200
+    assert info.value.status == 200, (info.value.request.post_data, info.value.text())
     page.get_by_text("Paris").first.wait_for()
     tab.shot("playground-model")
 
