@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from model_adapters.call_schema import call_content
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -372,13 +373,7 @@ def tool_call_tag(
             {
                 "type": "tag",
                 "begin": parser.call_begin(fn["name"]),
-                "content": {
-                    "type": "json_schema",
-                    "json_schema": params,
-                    "max_whitespace_cnt": 1,
-                    # A call marker inside an argument string would cut the call short.
-                    "excludes": [m for m in (parser.start, parser.end) if m],
-                },
+                "content": call_content(params, [parser.start, parser.end]),
                 "end": parser.call_end(),
             }
         )

@@ -1,0 +1,59 @@
+"""The JSON-schema content of one forced tool call, for xgrammar's structural tags.
+
+The call markers (`<tool_call>`, `[TOOL_CALLS]`, ...) must not appear inside an argument
+string, or the parser would cut the call short: xgrammar's `excludes` keeps them out of
+plain strings. But with `excludes` xgrammar (0.2) drops `minLength`/`maxLength` of those
+strings, and a call with `{"city": "a very long name"}` against `maxLength: 10` went out
+as valid. Strings with length bounds are therefore rewritten as a `pattern` (which
+xgrammar enforces, and which `excludes` does not reach) whose character class leaves out
+the first character of every marker: the bounds hold and no marker can start inside.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_LENGTHS = ("minLength", "maxLength")
+# A pattern, format or fixed value already says what the string is: left as it is.
+_SHAPED = ("pattern", "format", "enum", "const")
+
+
+def _bounded_string(node: dict[str, Any]) -> bool:
+    return (
+        node.get("type") == "string"
+        and any(isinstance(node.get(k), int) for k in _LENGTHS)
+        and not any(k in node for k in _SHAPED)
+    )
+
+
+def _as_pattern(node: dict[str, Any], banned: str) -> dict[str, Any]:
+    low = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
+    high = node.get("maxLength") if isinstance(node.get("maxLength"), int) else ""
+    chars = "".join(re.escape(c) for c in sorted(set(banned)))
+    pattern = f"^[^{chars}]{{{low},{high}}}$" if chars else f"^.{{{low},{high}}}$"
+    rest = {k: v for k, v in node.items() if k not in _LENGTHS}
+    return {**rest, "pattern": pattern}
+
+
+def bounded_strings_as_patterns(schema: Any, markers: list[str]) -> Any:
+    """A copy of `schema` in which every length-bounded string is a pattern that also
+    keeps out the first character of each marker (see the module docstring)."""
+    banned = "".join(m[0] for m in markers if m)
+    if isinstance(schema, list):
+        return [bounded_strings_as_patterns(item, markers) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    node = {k: bounded_strings_as_patterns(v, markers) for k, v in schema.items()}
+    return _as_pattern(node, banned) if _bounded_string(node) else node
+
+
+def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:
+    """The structural-tag content for one call's arguments."""
+    markers = [m for m in markers if m]
+    return {
+        "type": "json_schema",
+        "json_schema": bounded_strings_as_patterns(params, markers),
+        "max_whitespace_cnt": 1,
+        "excludes": markers,
+    }
