@@ -1,12 +1,17 @@
-"""The JSON-schema content of one forced tool call, for xgrammar's structural tags.
+"""JSON schemas as handed to xgrammar: length-bounded strings rewritten as patterns.
 
-The call markers (`<tool_call>`, `[TOOL_CALLS]`, ...) must not appear inside an argument
-string, or the parser would cut the call short: xgrammar's `excludes` keeps them out of
-plain strings. But with `excludes` xgrammar (0.2) drops `minLength`/`maxLength` of those
-strings, and a call with `{"city": "a very long name"}` against `maxLength: 10` went out
-as valid. Strings with length bounds are therefore rewritten as a `pattern` (which
-xgrammar enforces, and which `excludes` does not reach) whose character class leaves out
-the first character of every marker: the bounds hold and no marker can start inside.
+xgrammar (0.2) gets `minLength`/`maxLength` strings wrong twice:
+- its length-bounded string rule lets raw control characters (U+0000-U+001F) through,
+  which JSON forbids: a json_schema reply with `"note": "ab\x14"` did not parse;
+- inside a forced tool call, where `excludes` keeps the call markers (`<tool_call>`,
+  `[TOOL_CALLS]`, ...) out of argument strings so the parser cannot cut a call short,
+  it drops the bounds altogether: `{"city": "a very long name"}` went out as a valid
+  call against `maxLength: 10`.
+Such strings are therefore rewritten as a `pattern` (xgrammar enforces patterns, keeps
+control characters and unescaped quotes out of them, and `excludes` does not reach
+them) whose character class also leaves out the first character of every call marker:
+the bounds hold, the JSON parses and no marker can start inside. Escapes are not
+allowed in those strings, a small price for output that always validates.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ def bounded_strings_as_patterns(schema: Any, markers: list[str]) -> Any:
         return schema
     node = {k: bounded_strings_as_patterns(v, markers) for k, v in schema.items()}
     return _as_pattern(node, banned) if _bounded_string(node) else node
+
+
+def grammar_schema(schema: Any) -> Any:
+    """A response_format schema as compiled (the same for our matcher and vLLM's)."""
+    return bounded_strings_as_patterns(schema, [])
 
 
 def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:

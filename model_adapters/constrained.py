@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from model_adapters.call_schema import call_content
+from model_adapters.call_schema import call_content, grammar_schema
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -103,8 +103,8 @@ class _Backend:
     def compile(self, constraint: Constraint, any_whitespace: bool = False) -> Any:
         kind, spec = constraint.kind, constraint.spec
         if kind == "json_schema":
-            check_schema(json.loads(spec) if isinstance(spec, str) else spec)
-            schema = spec if isinstance(spec, str) else json.dumps(spec)
+            check_schema(parsed := json.loads(spec) if isinstance(spec, str) else spec)
+            schema = json.dumps(grammar_schema(parsed))  # bounded strings: call_schema
             return self.compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
         if kind == "json_object":
             return self.compiler.compile_json_schema(

@@ -146,7 +146,10 @@ def openai_case(client: Any, model: str, schema: dict[str, Any], mode: str, max_
     if mode == "json_schema":
         extra: dict[str, Any] = {"response_format": response_format(schema)}
     else:
-        extra = {"tools": [tool_for(schema)], "tool_choice": {"type": "function", "function": {"name": TOOL}}}
+        extra = {
+            "tools": [tool_for(schema)],
+            "tool_choice": {"type": "function", "function": {"name": TOOL}},
+        }
     out = client.chat.completions.create(
         model=model, messages=messages, max_tokens=max_tokens, **extra, **gen
     )

@@ -101,6 +101,11 @@ class Person(BaseModel):
     city: str | None = None
 
 
+class Adult(BaseModel):
+    name: str = Field(min_length=2, max_length=20)
+    age: int = Field(ge=18, le=120)
+
+
 PEOPLE = [{"role": "user", "content": "Alice is 31 and lives in Paris. Extract the person."}]
 
 
@@ -118,14 +123,17 @@ def test_with_structured_output_every_method_on_the_real_model(smol, method) -> 
 @pytest.mark.parametrize("mode", ["TOOLS", "JSON", "JSON_SCHEMA"])
 def test_instructor_on_the_real_model_at_60_tokens(client: OpenAI, smol_name, mode) -> None:
     instructor = pytest.importorskip("instructor")
+    """TOOLS and JSON_SCHEMA are held to the schema by the grammar; JSON sends only
+    `json_object` (the schema is in instructor's system prompt), so there the model must
+    follow the prompt: the 135M model does for a flat object, not with an optional field."""
     patched = instructor.from_openai(client, mode=getattr(instructor.Mode, mode))
     person, completion = patched.chat.completions.create_with_completion(
         model=smol_name,
         messages=PEOPLE,
-        response_model=Person,
+        response_model=Adult,
         max_tokens=60,
         temperature=0,
         max_retries=0,  # the first answer must be valid: no re-asking
     )
-    assert isinstance(person, Person)  # instructor validated it with pydantic
+    assert isinstance(person, Adult)  # instructor validated it with pydantic
     assert completion.usage.completion_tokens <= 60

@@ -28,6 +28,7 @@ from typing import Any
 
 from chatbot.registry import ModelEntry
 from chatbot.settings import Settings
+from model_adapters.call_schema import grammar_schema
 from model_adapters.generation import (
     Constraint,
     Delta,
@@ -148,8 +149,9 @@ def structured_outputs(constraint: Constraint | None) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
     spec = constraint.spec
-    if constraint.kind == "json_schema":
-        return StructuredOutputsParams(json=spec)
+    if constraint.kind == "json_schema":  # as our matcher compiles it (BudgetedDecode)
+        parsed = json.loads(spec) if isinstance(spec, str) else spec
+        return StructuredOutputsParams(json=grammar_schema(parsed))
     if constraint.kind == "json_object":
         return StructuredOutputsParams(json_object=True)
     if constraint.kind == "regex":
