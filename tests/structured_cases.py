@@ -9,6 +9,7 @@ else why not. `Tally` counts cases and invalid replies for the report.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,6 +174,7 @@ class Tally:
     name: str
     cases: int = 0
     failures: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # per case
 
     def add(self, label: str, problem: str | None) -> None:
         self.cases += 1
@@ -184,7 +186,11 @@ class Tally:
         return len(self.failures)
 
     def report(self) -> str:
-        lines = [f"sweep {self.name}: cases {self.cases}, invalid {self.invalid}"]
+        slowest = max(self.seconds, default=0.0)
+        lines = [
+            f"sweep {self.name}: cases {self.cases}, invalid {self.invalid}, "
+            f"slowest case {slowest:.1f} s"
+        ]
         return "\n".join(lines + [f"  {f}" for f in self.failures[:10]])
 
     def run(self, cases: dict[str, Callable[[], str | None]], workers: int = 4) -> Tally:
@@ -192,10 +198,13 @@ class Tally:
         invalid reply too."""
 
         def one(call: Callable[[], str | None]) -> str | None:
+            start = time.monotonic()
             try:
                 return call()
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 return f"raised {type(exc).__name__}: {str(exc)[:200]}"
+            finally:
+                self.seconds.append(time.monotonic() - start)
 
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(one, cases.values()))
