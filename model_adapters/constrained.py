@@ -307,8 +307,9 @@ class GrammarMatcher:
         return token, None
 
     def closing_tokens(self) -> list[int]:
-        """The plan from here (engines that cannot mask, e.g. vLLM, finish with it)."""
-        return list(self._measure() or [])
+        """The plan from here (engines that cannot mask, e.g. vLLM, finish with it): the
+        one the budget was checked against when kept, as a fresh search may differ."""
+        return list(self.plan if self.plan is not None else self._measure() or [])
 
 
 def compile_constraint(

@@ -20,6 +20,7 @@ from tests.structured_cases import (
     SCHEMAS,
     Tally,
     budgets,
+    ci_budgets,
     openai_case,
     shortest,
     tool_for,
@@ -77,7 +78,8 @@ def test_length_bounded_strings_keep_json_strict_in_response_format():
 # --- /v1 with the official openai client -------------------------------------------------
 
 
-def v1_sweep(client: OpenAI, name: str, gens: list[dict], points: int) -> Tally:
+def v1_sweep(client: OpenAI, name: str, gens: list[dict], points: int | None) -> Tally:
+    """`points` max_tokens per schema up to 256, or None for ci_budgets."""
     chat = chatbot.get_chat_model(name)  # the same engine the server uses: its shortest
     tally, cases = Tally(f"v1/{name}"), {}
     for mode in MODES:
@@ -85,7 +87,8 @@ def v1_sweep(client: OpenAI, name: str, gens: list[dict], points: int) -> Tally:
             need = shortest(chat, schema, mode)
             with pytest.raises(BadRequestError, match="max_tokens"):
                 openai_case(client, name, schema, mode, need - 1)
-            for max_tokens in budgets(need, points=points):
+            picks = ci_budgets(schema_name, need) if points is None else budgets(need, points)
+            for max_tokens in picks:
                 for gen in gens:
                     label = f"{mode}/{schema_name}@{max_tokens}/{gen}"
                     cases[label] = functools.partial(
@@ -104,8 +107,8 @@ def test_v1_sweep_tiny_model_seeds_and_temperatures(client: OpenAI) -> None:
 
 @pytest.mark.real_model
 def test_v1_sweep_real_model_greedy(client: OpenAI, smol_name) -> None:
-    tally = v1_sweep(client, smol_name, [{"temperature": 0}], points=2)
-    assert tally.cases == len(MODES) * len(SCHEMAS) * 2 and tally.invalid == 0, tally.report()
+    tally = v1_sweep(client, smol_name, [{"temperature": 0}], points=None)
+    assert tally.cases == len(MODES) * (len(SCHEMAS) * 2 + 2) and tally.invalid == 0, tally.report()
 
 
 # --- with_structured_output and instructor on the real model ----------------------------
