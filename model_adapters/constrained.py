@@ -284,11 +284,11 @@ class GrammarMatcher:
         shortest completion does not fit what will be left is swapped for the plan's.
         Where the output could end (between parallel calls) one token can commit to a
         whole new call, a jump bigger than _SLACK: those tokens are always vetted."""
+        plan = self._plan_now()  # measured here too: engines without mask() (vLLM)
         if not self._watching() and not (
             self.max_tokens is not None and self.matcher.is_completed()
         ):
             return token, None
-        plan = self._plan_now()
         if plan and plan[0] == token:
             return token, None
         fork = self.matcher.fork()
