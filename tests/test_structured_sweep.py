@@ -87,7 +87,9 @@ def v1_sweep(client: OpenAI, name: str, gens: list[dict], points: int | None) ->
             need = shortest(chat, schema, mode)
             with pytest.raises(BadRequestError, match="max_tokens"):
                 openai_case(client, name, schema, mode, need - 1)
-            picks = ci_budgets(schema_name, need) if points is None else budgets(need, points)
+            picks = (
+                ci_budgets(schema_name, need) if points is None else budgets(need, points=points)
+            )
             for max_tokens in picks:
                 for gen in gens:
                     label = f"{mode}/{schema_name}@{max_tokens}/{gen}"
