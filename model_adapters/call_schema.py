@@ -16,6 +16,7 @@ allowed in those strings, a small price for output that always validates.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -54,8 +55,10 @@ def bounded_strings_as_patterns(schema: Any, markers: list[str]) -> Any:
 
 
 def grammar_schema(schema: Any) -> Any:
-    """A response_format schema as compiled (the same for our matcher and vLLM's)."""
-    return bounded_strings_as_patterns(schema, [])
+    """A response_format schema (dict or JSON text) as compiled, the same for our
+    matcher and for vLLM's."""
+    parsed = json.loads(schema) if isinstance(schema, str) else schema
+    return bounded_strings_as_patterns(parsed, [])
 
 
 def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:

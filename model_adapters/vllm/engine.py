@@ -150,8 +150,7 @@ def structured_outputs(constraint: Constraint | None) -> Any:
 
     spec = constraint.spec
     if constraint.kind == "json_schema":  # as our matcher compiles it (BudgetedDecode)
-        parsed = json.loads(spec) if isinstance(spec, str) else spec
-        return StructuredOutputsParams(json=grammar_schema(parsed))
+        return StructuredOutputsParams(json=grammar_schema(spec))
     if constraint.kind == "json_object":
         return StructuredOutputsParams(json_object=True)
     if constraint.kind == "regex":
