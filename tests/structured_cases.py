@@ -126,8 +126,8 @@ def budgets(need: int, top: int = 256, points: int = 3) -> list[int]:
 SELF_BOUNDED = ("enum", "intbounds")
 
 
-def ci_budgets(name: str, need: int) -> list[int]:
-    return [need, need + 12] + [256] * (name in SELF_BOUNDED)
+def ci_budgets(name: str, need: int, mid: bool = True) -> list[int]:
+    return [need] + [need + 12] * mid + [256] * (name in SELF_BOUNDED)
 
 
 def local_case(chat: Any, schema: dict[str, Any], mode: str, max_tokens: int, **gen: Any):
