@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from model_adapters.call_schema import call_content, grammar_schema
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -102,8 +103,8 @@ class _Backend:
     def compile(self, constraint: Constraint, any_whitespace: bool = False) -> Any:
         kind, spec = constraint.kind, constraint.spec
         if kind == "json_schema":
-            check_schema(json.loads(spec) if isinstance(spec, str) else spec)
-            schema = spec if isinstance(spec, str) else json.dumps(spec)
+            check_schema(parsed := json.loads(spec) if isinstance(spec, str) else spec)
+            schema = json.dumps(grammar_schema(parsed))  # bounded strings: call_schema
             return self.compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
         if kind == "json_object":
             return self.compiler.compile_json_schema(
@@ -283,11 +284,11 @@ class GrammarMatcher:
         shortest completion does not fit what will be left is swapped for the plan's.
         Where the output could end (between parallel calls) one token can commit to a
         whole new call, a jump bigger than _SLACK: those tokens are always vetted."""
+        plan = self._plan_now()  # measured here too: engines without mask() (vLLM)
         if not self._watching() and not (
             self.max_tokens is not None and self.matcher.is_completed()
         ):
             return token, None
-        plan = self._plan_now()
         if plan and plan[0] == token:
             return token, None
         fork = self.matcher.fork()
@@ -306,8 +307,9 @@ class GrammarMatcher:
         return token, None
 
     def closing_tokens(self) -> list[int]:
-        """The plan from here (engines that cannot mask, e.g. vLLM, finish with it)."""
-        return list(self._measure() or [])
+        """The plan from here (engines that cannot mask, e.g. vLLM, finish with it): the
+        one the budget was checked against when kept, as a fresh search may differ."""
+        return list(self.plan if self.plan is not None else self._measure() or [])
 
 
 def compile_constraint(
@@ -372,13 +374,7 @@ def tool_call_tag(
             {
                 "type": "tag",
                 "begin": parser.call_begin(fn["name"]),
-                "content": {
-                    "type": "json_schema",
-                    "json_schema": params,
-                    "max_whitespace_cnt": 1,
-                    # A call marker inside an argument string would cut the call short.
-                    "excludes": [m for m in (parser.start, parser.end) if m],
-                },
+                "content": call_content(params, [parser.start, parser.end]),
                 "end": parser.call_end(),
             }
         )

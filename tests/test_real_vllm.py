@@ -4,6 +4,7 @@ loader, so the engine serves the de-quantised cache (model_adapters.gguf)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -17,6 +18,7 @@ from chatbot import factory  # noqa: E402
 from tests import test_real_standard as standard  # noqa: E402 - the module: not re-collected
 from tests.extra_models import extra_models  # noqa: E402
 from tests.real_model import SMOL_PATH  # noqa: E402
+from tests.structured_cases import MODES, SCHEMAS, Tally, ci_budgets, local_case, shortest  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
@@ -64,3 +66,24 @@ def test_vllm_serves_the_gguf_and_answers(vllm_engine) -> None:
     reply = vllm_engine.chat_model(max_tokens=24).invoke("What is the capital of France?")
     assert "Paris" in reply.content
     assert reply.usage_metadata["output_tokens"] <= 24
+
+
+# --- the structured-output sweep (issue 13) on vLLM ------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_structured_sweep_on_vllm(vllm_engine, mode) -> None:
+    """Greedy, every schema: each reply parses and validates within max_tokens; one
+    token below the shortest reply is an error naming max_tokens."""
+    chat = vllm_engine.chat_model(temperature=0)
+    tally, cases = Tally(f"vllm/smol/{mode}"), {}
+    for name, schema in SCHEMAS.items():
+        need = shortest(chat, schema, mode)
+        with pytest.raises(ValueError, match="max_tokens"):
+            local_case(chat, schema, mode, need - 1)
+        for max_tokens in ci_budgets(name, need):  # vLLM on 2 CPU cores is slow
+            cases[f"{name}@{max_tokens}"] = functools.partial(
+                local_case, chat, schema, mode, max_tokens
+            )
+    print(tally.run(cases).report())
+    assert tally.cases == 2 * len(SCHEMAS) + 2 and tally.invalid == 0, tally.report()

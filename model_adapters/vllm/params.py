@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from chatbot.registry import ModelEntry
+from model_adapters.call_schema import grammar_schema
 from model_adapters.generation import Constraint, GenerationRequest, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def structured_outputs(constraint: Constraint | None) -> Any:
 
     spec = constraint.spec
     if constraint.kind == "json_schema":
-        return StructuredOutputsParams(json=spec)
+        return StructuredOutputsParams(json=grammar_schema(spec))  # as our matcher compiles it
     if constraint.kind == "json_object":
         return StructuredOutputsParams(json_object=True)
     if constraint.kind == "regex":

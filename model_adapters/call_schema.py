@@ -1,0 +1,72 @@
+"""JSON schemas as handed to xgrammar: length-bounded strings rewritten as patterns.
+
+xgrammar (0.2) gets `minLength`/`maxLength` strings wrong twice:
+- its length-bounded string rule lets raw control characters (U+0000-U+001F) through,
+  which JSON forbids: a json_schema reply with `"note": "ab\x14"` did not parse;
+- inside a forced tool call, where `excludes` keeps the call markers (`<tool_call>`,
+  `[TOOL_CALLS]`, ...) out of argument strings so the parser cannot cut a call short,
+  it drops the bounds altogether: `{"city": "a very long name"}` went out as a valid
+  call against `maxLength: 10`.
+Such strings are therefore rewritten as a `pattern` (xgrammar enforces patterns, keeps
+control characters and unescaped quotes out of them, and `excludes` does not reach
+them) whose character class also leaves out the first character of every call marker:
+the bounds hold, the JSON parses and no marker can start inside. Escapes are not
+allowed in those strings, a small price for output that always validates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_LENGTHS = ("minLength", "maxLength")
+# A pattern, format or fixed value already says what the string is: left as it is.
+_SHAPED = ("pattern", "format", "enum", "const")
+
+
+def _bounded_string(node: dict[str, Any]) -> bool:
+    return (
+        node.get("type") == "string"
+        and any(isinstance(node.get(k), int) for k in _LENGTHS)
+        and not any(k in node for k in _SHAPED)
+    )
+
+
+def _as_pattern(node: dict[str, Any], banned: str) -> dict[str, Any]:
+    low = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
+    high = node.get("maxLength") if isinstance(node.get("maxLength"), int) else ""
+    chars = "".join(re.escape(c) for c in sorted(set(banned)))
+    pattern = f"^[^{chars}]{{{low},{high}}}$" if chars else f"^.{{{low},{high}}}$"
+    rest = {k: v for k, v in node.items() if k not in _LENGTHS}
+    return {**rest, "pattern": pattern}
+
+
+def bounded_strings_as_patterns(schema: Any, markers: list[str]) -> Any:
+    """A copy of `schema` in which every length-bounded string is a pattern that also
+    keeps out the first character of each marker (see the module docstring)."""
+    banned = "".join(m[0] for m in markers if m)
+    if isinstance(schema, list):
+        return [bounded_strings_as_patterns(item, markers) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    node = {k: bounded_strings_as_patterns(v, markers) for k, v in schema.items()}
+    return _as_pattern(node, banned) if _bounded_string(node) else node
+
+
+def grammar_schema(schema: Any) -> Any:
+    """A response_format schema (dict or JSON text) as compiled, the same for our
+    matcher and for vLLM's."""
+    parsed = json.loads(schema) if isinstance(schema, str) else schema
+    return bounded_strings_as_patterns(parsed, [])
+
+
+def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:
+    """The structural-tag content for one call's arguments."""
+    markers = [m for m in markers if m]
+    return {
+        "type": "json_schema",
+        "json_schema": bounded_strings_as_patterns(params, markers),
+        "max_whitespace_cnt": 1,
+        "excludes": markers,
+    }
