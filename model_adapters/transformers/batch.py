@@ -49,18 +49,6 @@ def supports_merging(config: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def left_padded(prompts: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
-    """input_ids, attention_mask and position_ids for prompts padded on the left."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[i, width - len(prompt) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
-
-
 class Batch:
     """Rows plus their shared, left-padded DynamicCache."""
 

@@ -90,10 +90,12 @@ class HFRuntime(QueuedWorker):
         max_queue: int = 256,
         max_batch_size: int = 8,
         load_kwargs: dict[str, Any] | None = None,
+        prefix_cache: Any = None,  # PrefixCacheOptions; None: off
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from model_adapters.transformers.batch import Batch, supports_merging
+        from model_adapters.transformers.prefix_cache import PrefixCache
 
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -119,6 +121,9 @@ class HFRuntime(QueuedWorker):
         if max_batch_size > 1 and not supports_merging(config):
             log.warning("%s: sliding-window/linear cache: serving requests one at a time", path)
             self.max_batch_size = 1
+        self.prefix_cache = None  # only plain full-attention caches can be assembled
+        if prefix_cache is not None and prefix_cache.enabled and supports_merging(config):
+            self.prefix_cache = PrefixCache(prefix_cache.block_size, prefix_cache.max_tokens)
         params = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = EngineStats()
@@ -203,9 +208,7 @@ class HFRuntime(QueuedWorker):
 
     def _admit(self, items: list[tuple[GenerationRequest, Sink]]) -> None:
         """Prefill new requests together (left-padded), sample their first token, merge."""
-        from transformers import DynamicCache
-
-        from model_adapters.transformers.batch import Batch, left_padded
+        from model_adapters.transformers.batch import Batch
 
         rows = []
         for request, sink in items:
@@ -222,28 +225,39 @@ class HFRuntime(QueuedWorker):
         fresh = Batch(self.device)
         fresh.rows = rows
         self._retire(fresh)
-        if not fresh.rows:
-            return
+        if self.prefix_cache is None:
+            groups = [(fresh.rows, [None] * len(fresh.rows))] if fresh.rows else []
+        else:
+            from model_adapters.transformers.prefix_cache import split_by_hits
+
+            groups = split_by_hits(self.prefix_cache, fresh.rows)
+        for group, hits in groups:
+            self._prefill(group, hits)
+
+    def _prefill(self, rows: list[Any], hits: list[Any]) -> None:
+        """One prefill forward for `rows` (on top of their cached prefixes, `hits`)."""
+        from model_adapters.transformers.batch import Batch
+        from model_adapters.transformers.prefix_cache import prefill_inputs
+
+        fresh = Batch(self.device)
+        fresh.rows = rows
         try:
-            ids, mask, positions = left_padded(
-                [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
-            )
-            fresh.cache = DynamicCache(config=self.model.config)
-            echo = [r for r in fresh.rows if r.request.prompt_logprobs is not None]
+            prompts = [r.request.prompt_ids for r in rows]
+            inputs = prefill_inputs(prompts, hits, self.pad_id, self.device, self.model.config)
+            fresh.cache = inputs["past_key_values"]
+            echo = [r for r in rows if r.request.prompt_logprobs is not None]
             out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=fresh.cache,
+                **inputs,
                 use_cache=True,
                 **({} if echo else self._logits_to_keep),  # echo: every position's logits
             )
-            for i, row in enumerate(fresh.rows):
-                if row.request.prompt_logprobs is not None:
-                    prompt = row.request.prompt_ids
-                    width = ids.shape[1]
-                    logits = out.logits[i, width - len(prompt) : width - 1]
-                    lps = prompt_logprobs(logits, prompt, row.request.prompt_logprobs)
+            width = inputs["input_ids"].shape[1]
+            for i, row in enumerate(rows):
+                if self.prefix_cache is not None:
+                    self.prefix_cache.store(prompts[i], fresh.cache, i)
+                if row.request.prompt_logprobs is not None:  # never a hit: all of it was fed
+                    logits = out.logits[i, width - len(prompts[i]) : width - 1]
+                    lps = prompt_logprobs(logits, prompts[i], row.request.prompt_logprobs)
                     row.sink.put(Delta(prompt_logprobs=lps))
             self._advance(fresh.rows, out.logits[:, -1])
             self._retire(fresh)
