@@ -28,6 +28,7 @@ from model_adapters.transformers.prefix_cache import (
 from model_adapters.transformers.runtime import HFRuntime
 
 BLOCK = 4
+TOKEN_BYTES = 2 * 2 * 2 * 3 * 4  # kv(): 2 layers x (keys, values) x 2 heads x 3 dims, float32
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def kv(tokens: int, layers: int = 2, value: float = 0.0) -> DynamicCache:
 
 
 def test_lookup_is_block_aligned_and_leaves_a_token_to_prefill() -> None:
-    cache = PrefixCache(block_size=4, max_tokens=64)
+    cache = PrefixCache(block_size=4, max_bytes=64 * TOKEN_BYTES)
     ids = list(range(100, 110))  # 10 tokens: 2 full blocks
     cache.store(ids, kv(10), 0)
     assert len(cache) == 2
@@ -213,17 +214,17 @@ def test_lookup_is_block_aligned_and_leaves_a_token_to_prefill() -> None:
 
 
 def test_left_padded_rows_store_their_own_columns() -> None:
-    cache = PrefixCache(block_size=2, max_tokens=64)
+    cache = PrefixCache(block_size=2, max_bytes=64 * TOKEN_BYTES)
     wide = kv(7)  # a row of 4 tokens, left-padded to 7: its tokens are columns 3..6
     cache.store([1, 2, 3, 4], wide, 0)
     assert cache.lookup([1, 2, 3, 4, 5]).keys[0][0, :, 0].tolist() == [3, 4, 5, 6]
 
 
 def test_eviction_keeps_the_budget_and_drops_leaves_first() -> None:
-    cache = PrefixCache(block_size=2, max_tokens=6)
+    cache = PrefixCache(block_size=2, max_bytes=7 * TOKEN_BYTES)
     shared = [1, 2, 3, 4]
     cache.store(shared + [5, 6], kv(6), 0)
-    assert cache.tokens == 6
+    assert (cache.tokens, cache.bytes) == (6, 6 * TOKEN_BYTES)
     cache.store(shared + [7, 8], kv(6, value=10), 0)  # one new block: the oldest leaf goes
     assert cache.tokens == 6
     assert cache.lookup(shared + [7, 8, 0]).length == 6
@@ -231,15 +232,17 @@ def test_eviction_keeps_the_budget_and_drops_leaves_first() -> None:
     cache.store(list(range(20, 40)), kv(20), 0)  # longer than the budget: first 3 blocks
     assert cache.tokens == 6
     assert cache.lookup(list(range(20, 40))).length == 6
-    assert PrefixCache(block_size=4, max_tokens=0).store(shared, kv(4), 0) is None
+    small = PrefixCache(block_size=4, max_bytes=3 * TOKEN_BYTES)  # under one block
+    small.store(shared, kv(4), 0)
+    assert len(small) == 0 and small.lookup(shared + [5]) is None
 
 
 def test_options() -> None:
     assert PrefixCacheOptions.parse(None).enabled
     assert PrefixCacheOptions.parse(True).enabled
     assert not PrefixCacheOptions.parse(False).enabled
-    opts = PrefixCacheOptions.parse({"block_size": 32, "max_tokens": 1024})
-    assert (opts.enabled, opts.block_size, opts.max_tokens) == (True, 32, 1024)
+    opts = PrefixCacheOptions.parse({"block_size": 32, "max_mb": 64})
+    assert (opts.enabled, opts.block_size, opts.max_mb) == (True, 32, 64)
     with pytest.raises(ValidationError, match="block_siz"):
         PrefixCacheOptions.parse({"block_siz": 32})
     with pytest.raises(ValidationError, match="block_size"):

@@ -6,7 +6,7 @@ The cache holds fixed-size blocks of prompt tokens, each keyed by a hash chained
 blocks before it (as vLLM does), so one lookup walks a prompt block by block and stops at
 the first block not cached: the longest block-aligned prefix any earlier prompt shared.
 A block stores its own per-layer keys/values; eviction is least recently used, leaves of
-a chain first (a lookup touches a chain back to front), under a budget in tokens.
+a chain first (a lookup touches a chain back to front), under a budget in bytes.
 
 `prefill_inputs` builds one prefill for rows with different cached prefix lengths without
 breaking the batch invariant (each row's tokens a contiguous suffix of the time axis, see
@@ -34,7 +34,7 @@ class PrefixCacheOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     block_size: int = Field(16, ge=1, le=4096)
-    max_tokens: int = Field(16384, ge=0)  # cached prompt tokens kept (memory: KV per token)
+    max_mb: float = Field(256, ge=0)  # KV memory of the cached blocks
 
     @classmethod
     def parse(cls, value: Any) -> PrefixCacheOptions:
@@ -66,9 +66,10 @@ class Hit:
 
 
 class PrefixCache:
-    def __init__(self, block_size: int = 16, max_tokens: int = 16384) -> None:
-        self.block_size, self.max_tokens = block_size, max_tokens
+    def __init__(self, block_size: int = 16, max_bytes: int = 256 << 20) -> None:
+        self.block_size, self.max_bytes = block_size, max_bytes
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._token_bytes = 0  # KV bytes of one token, all layers (known at the first store)
         self.stats = PrefixStats()
 
     def __len__(self) -> int:
@@ -77,6 +78,17 @@ class PrefixCache:
     @property
     def tokens(self) -> int:
         return len(self._blocks) * self.block_size
+
+    @property
+    def bytes(self) -> int:
+        return self.tokens * self._token_bytes
+
+    def _budget(self, cache: DynamicCache) -> int:
+        """The most tokens that fit in max_bytes."""
+        if not self._token_bytes:
+            per_layer = (layer.keys[0, :, :1] for layer in cache.layers)
+            self._token_bytes = 2 * sum(t.numel() * t.element_size() for t in per_layer)
+        return int(self.max_bytes // max(self._token_bytes, 1))
 
     def _chain(self, ids: list[int], blocks: int) -> list[tuple[int, int, tuple[int, ...]]]:
         """(hash, parent hash, tokens) of the first `blocks` blocks of `ids`."""
@@ -116,11 +128,11 @@ class PrefixCache:
     def store(self, ids: list[int], cache: DynamicCache, row: int) -> None:
         """Keep the full blocks of prompt `ids`, whose KV is row `row` of `cache` (its
         tokens the last len(ids) columns), and evict the oldest blocks over budget."""
-        if self.max_tokens < self.block_size:
+        budget, size = self._budget(cache), self.block_size
+        if budget < size:
             return
-        width, size = cache.get_seq_length(), self.block_size
-        start = width - len(ids)
-        chain = self._chain(ids, min(len(ids) // size, self.max_tokens // size))
+        start = cache.get_seq_length() - len(ids)
+        chain = self._chain(ids, min(len(ids) // size, budget // size))
         for b, (key, parent, tokens) in enumerate(chain):
             block = self._blocks.get(key)
             if block is not None and block.parent == parent and block.tokens == tokens:
@@ -134,7 +146,7 @@ class PrefixCache:
             )
         for key, _, _ in reversed(chain):
             self._blocks.move_to_end(key)
-        while self.tokens > self.max_tokens:
+        while self.tokens > budget:
             self._blocks.popitem(last=False)
 
 

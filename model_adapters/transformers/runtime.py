@@ -123,7 +123,9 @@ class HFRuntime(QueuedWorker):
             self.max_batch_size = 1
         self.prefix_cache = None  # only plain full-attention caches can be assembled
         if prefix_cache is not None and prefix_cache.enabled and supports_merging(config):
-            self.prefix_cache = PrefixCache(prefix_cache.block_size, prefix_cache.max_tokens)
+            self.prefix_cache = PrefixCache(
+                prefix_cache.block_size, int(prefix_cache.max_mb * 2**20)
+            )
         params = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = EngineStats()
