@@ -198,6 +198,7 @@ def measure(system: str, port: int, args, model: str, tokenizer, results: dict) 
             print(f"  {system} c={level}: {results[system, level]}", file=sys.stderr)
     finally:
         loop.run_until_complete(client.close())
+        loop.run_until_complete(loop.shutdown_asyncgens())  # streams cut by a timeout
         loop.close()
 
 
