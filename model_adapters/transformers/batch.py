@@ -21,6 +21,7 @@ from model_adapters.generation import (
     Sink,
     StopMatcher,
     TokenLogprob,
+    token_logprob,
 )
 
 
@@ -113,3 +114,20 @@ def _pad_to(a: torch.Tensor, b: torch.Tensor, len_a: int, len_b: int) -> tuple[t
     width = max(len_a, len_b)
     pad = torch.nn.functional.pad
     return pad(a, (0, 0, width - len_a, 0)), pad(b, (0, 0, width - len_b, 0))
+
+
+def take_logprobs(row: Row) -> list[TokenLogprob] | None:
+    """The logprobs of the tokens since the last delta (None when not asked for)."""
+    if row.request.logprobs is None:
+        return None
+    taken, row.logprobs = row.logprobs, []
+    return taken
+
+
+def prompt_logprobs(logits: torch.Tensor, prompt: list[int], top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it (the first has none).
+    `logits`: [prompt_len, vocab], the prefill's logits of this prompt's positions."""
+    out: list[TokenLogprob | None] = [None]
+    for position, token in enumerate(prompt[1:]):
+        out.append(token_logprob(logits[position], token, top))
+    return out

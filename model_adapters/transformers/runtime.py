@@ -28,13 +28,14 @@ from model_adapters.generation import (
     IncrementalDecoder,
     Sink,
     StopMatcher,
-    TokenLogprob,
     is_greedy,
     process_logits,
     sample_next,
     token_logprob,
 )
 from model_adapters.runtime import EngineStats, QueuedWorker, check_context
+from model_adapters.transformers.batch import prompt_logprobs, take_logprobs
+from model_adapters.transformers.devices import pick_device, pick_dtype
 
 __all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
@@ -48,33 +49,6 @@ def _close_all() -> None:
     # ("terminate called without an active exception"): stop the workers before that.
     for runtime in list(_live):
         runtime.close()
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "cpu":
-        from model_adapters.cpu import has_native_bf16
-
-        # ~2x float32 at batch 8 where oneDNN has native bf16 (AMX / AVX512-BF16).
-        return torch.bfloat16 if has_native_bf16() else torch.float32
-    return torch.float32
 
 
 class HFRuntime(QueuedWorker):
@@ -91,10 +65,12 @@ class HFRuntime(QueuedWorker):
         max_batch_size: int = 8,
         load_kwargs: dict[str, Any] | None = None,
         prefix_cache: Any = None,  # PrefixCacheOptions; None: off
+        prefill_chunk: int | None = None,  # prompts longer than this are prefilled in chunks
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from model_adapters.transformers.batch import Batch, supports_merging
+        from model_adapters.transformers.chunked import ChunkedPrefill
         from model_adapters.transformers.prefix_cache import PrefixCache
 
         self.device = pick_device(device)
@@ -128,6 +104,11 @@ class HFRuntime(QueuedWorker):
             )
         params = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._chunked = None  # chunks are assembled like cached prefixes: same limits
+        if prefill_chunk and supports_merging(config):
+            self._chunked = ChunkedPrefill(
+                prefill_chunk, self.model, self.pad_id, self.device, self._logits_to_keep
+            )
         self.stats = EngineStats()
         self._batch = Batch(self.device)
         self._start_worker(max_queue, f"hf-{Path(path).name}")
@@ -162,16 +143,19 @@ class HFRuntime(QueuedWorker):
 
         while True:
             with self._cond:
-                while not (self._closed or self._waiting or self._batch.rows):
+                chunking = self._chunked.pending if self._chunked is not None else ()
+                while not (self._closed or self._waiting or self._batch.rows or chunking):
                     self._cond.wait()
                 if self._closed:
                     break
-                free = self.max_batch_size - len(self._batch)
+                free = self.max_batch_size - len(self._batch) - len(chunking)
                 admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
             try:
                 with torch.inference_mode():
                     if admitted:
                         self._admit(admitted)
+                    if chunking:
+                        self._chunk()
                     if self._batch.rows:
                         self._step()
             except Exception as exc:  # noqa: BLE001 - the error goes back to the callers
@@ -182,6 +166,7 @@ class HFRuntime(QueuedWorker):
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
         self._fail(self._batch.rows, closed)
+        self._fail([item.row for item in chunking], closed)
         for _, sink in waiting:
             sink.put(Delta(error=closed, finish_reason="error"))
 
@@ -234,7 +219,36 @@ class HFRuntime(QueuedWorker):
 
             groups = split_by_hits(self.prefix_cache, fresh.rows)
         for group, hits in groups:
-            self._prefill(group, hits)
+            now = []
+            for row, hit in zip(group, hits, strict=True):
+                if self._chunked is not None and self._chunked.wants(row, hit):
+                    self._chunked.add(row, hit)  # a chunk per turn, from _chunk
+                else:
+                    now.append((row, hit))
+            if now:
+                self._prefill([r for r, _ in now], [h for _, h in now])
+
+    def _chunk(self) -> None:
+        """One chunk of the first long prompt waiting for its prefill."""
+        from model_adapters.transformers.batch import Batch
+
+        head = self._chunked.pending[0].row
+        if head.request.cancel.is_set():
+            self._chunked.pending.popleft()
+            head.finish = "cancelled"
+            gone = Batch(self.device)
+            gone.rows = [head]
+            self._retire(gone)
+            return
+        try:
+            ready = self._chunked.advance()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail only this request
+            log.exception("chunked prefill failed")
+            self._chunked.pending.popleft()
+            self._fail([head], exc)
+            return
+        if ready is not None:
+            self._prefill([ready.row], [ready.hit])
 
     def _prefill(self, rows: list[Any], hits: list[Any]) -> None:
         """One prefill forward for `rows` (on top of their cached prefixes, `hits`)."""
@@ -335,7 +349,7 @@ class HFRuntime(QueuedWorker):
             return
         text, hit = row.stops.feed(row.decoder.add(token))
         if text:
-            row.sink.put(Delta(text=text, logprobs=_take_logprobs(row)))
+            row.sink.put(Delta(text=text, logprobs=take_logprobs(row)))
         if hit:
             row.finish = "stop_string"
         elif constraint is not None and constraint.done():
@@ -362,7 +376,7 @@ class HFRuntime(QueuedWorker):
                     finish_reason="stop" if row.finish == "stop_string" else row.finish,
                     prompt_tokens=len(row.request.prompt_ids),
                     completion_tokens=row.produced,
-                    logprobs=_take_logprobs(row),
+                    logprobs=take_logprobs(row),
                     stop_sequence=row.stops.matched if row.finish == "stop_string" else None,
                 )
             )
@@ -371,23 +385,6 @@ class HFRuntime(QueuedWorker):
     def _fail(self, rows: list[Any], exc: BaseException) -> None:
         for row in rows:
             row.sink.put(Delta(error=exc, finish_reason="error"))
-
-
-def _take_logprobs(row: Any) -> list[TokenLogprob] | None:
-    """The logprobs of the tokens since the last delta (None when not asked for)."""
-    if row.request.logprobs is None:
-        return None
-    taken, row.logprobs = row.logprobs, []
-    return taken
-
-
-def prompt_logprobs(logits: Any, prompt: list[int], top: int) -> list[TokenLogprob | None]:
-    """Each prompt token's logprob given the tokens before it (the first has none).
-    `logits`: [prompt_len, vocab], the prefill's logits of this prompt's positions."""
-    out: list[TokenLogprob | None] = [None]
-    for position, token in enumerate(prompt[1:]):
-        out.append(token_logprob(logits[position], token, top))
-    return out
 
 
 def make_constraint(constraint: Any, tokenizer: Any, config: Any, budget: int | None = None) -> Any:
