@@ -6,6 +6,9 @@ running batch between decode steps (continuous batching): new requests are prefi
 together with left padding, then merged into the batch's KV cache; finished or cancelled
 requests leave the batch at the next step. Each row keeps its own stop strings, sampling
 parameters, seed and constraint (see model_adapters.transformers.batch for the cache layout).
+A prompt that starts like an earlier one is prefilled on top of that prefix's cached KV
+(prefix_cache.py); one longer than `prefill_chunk` is prefilled a chunk per turn while the
+batch keeps decoding (chunked.py).
 
 Why not transformers' own continuous batching (`generate_batch` / ContinuousBatchingManager):
 in transformers 5.19 it has per-request temperature/top-p but no per-request seed or
@@ -20,7 +23,7 @@ import logging
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_adapters.generation import (
     Delta,
@@ -36,6 +39,9 @@ from model_adapters.generation import (
 from model_adapters.runtime import EngineStats, QueuedWorker, check_context
 from model_adapters.transformers.batch import prompt_logprobs, take_logprobs
 from model_adapters.transformers.devices import pick_device, pick_dtype
+
+if TYPE_CHECKING:
+    from model_adapters.transformers.prefix_cache import PrefixCacheOptions
 
 __all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
@@ -64,7 +70,7 @@ class HFRuntime(QueuedWorker):
         max_queue: int = 256,
         max_batch_size: int = 8,
         load_kwargs: dict[str, Any] | None = None,
-        prefix_cache: Any = None,  # PrefixCacheOptions; None: off
+        prefix_cache: PrefixCacheOptions | None = None,  # None: off
         prefill_chunk: int | None = None,  # prompts longer than this are prefilled in chunks
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
