@@ -2,10 +2,10 @@
 while a long prompt (2,000 tokens) joins, chunking off and on, side by side in one run
 (same loaded model; the prefix cache is off so every long prompt is prefilled in full).
 
-Per mode: `--streams` greedy streams start; once all are streaming, a new request with a
-long prompt arrives. Printed: the running streams' inter-token p95 and max while the long
-prompt is prefilled (from its arrival to its first token), their p95 outside that window,
-and the long prompt's own time to first token.
+Per mode, after one warm-up round each: `--streams` greedy streams start; once all are
+streaming, a new request with a long prompt arrives. Printed: the running streams'
+inter-token p95 and max while the long prompt is prefilled (from its arrival to its first
+token), their p95 outside that window, and the long prompt's own time to first token.
 
     python bench/chunked_prefill.py [--model smol] [--threads 2] [--prompt-tokens 2000]
         [--streams 4] [--chunk 512] [--rounds 2]
@@ -86,12 +86,14 @@ def main() -> None:
         runtime.prefix_cache = None
         try:
             tok = runtime.tokenizer
-            for r in range(args.rounds):
+            for r in range(-1, args.rounds):  # round -1: warm-up (new shapes), not counted
                 for mode in ("off", "on"):
                     runtime._chunked = chunked if mode == "on" else None
                     out = asyncio.run(
                         one_round(runtime, tok, args.prompt_tokens, args.streams, f"{mode}{r}")
                     )
+                    if r < 0:
+                        continue
                     for key in ("during", "outside"):
                         stats[mode][key].extend(out[key])
                     stats[mode]["ttft"].append(out["ttft"])
