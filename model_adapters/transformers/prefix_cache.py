@@ -209,11 +209,8 @@ def split_by_hits(cache: PrefixCache, rows: list[Any]) -> list[tuple[list[Any], 
     prompt logprobs need every prompt position's logits: never served from the cache."""
     hit_rows, hits, cold = [], [], []
     for row in rows:
-        found = (
-            None
-            if row.request.prompt_logprobs is not None
-            else cache.lookup(row.request.prompt_ids)
-        )
+        echo = row.request.prompt_logprobs is not None
+        found = None if echo else cache.lookup(row.request.prompt_ids)
         if found is None:
             cold.append(row)
         else:
