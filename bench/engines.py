@@ -270,7 +270,7 @@ def print_results(results: dict, levels: list[int], notes: list[str], args) -> N
         f"{args.requests} requests per level, streaming, greedy, max_tokens {args.max_tokens}, "
         f"{args.threads} threads; CPU: {os.cpu_count()} logical cores",
         "ours/transformers: the entry's defaults (dtype auto: bf16 where the CPU has "
-        "AMX/AVX512-BF16, prefix cache on, chunked prefill 512)",
+        "AMX/AVX512-BF16, prefix cache on, chunked prefill off)",
         *notes,
     ]
     print_table("Engines side by side (SmolLM2-135M-Instruct)", header, rows, notes)

@@ -16,14 +16,11 @@ from typing import Any
 
 from model_adapters.transformers.prefix_cache import Hit, prefill_inputs
 
-DEFAULT_CHUNK = 512  # tokens: long enough to keep prefill efficient, short enough not to stall
-
 
 def chunk_option(value: Any) -> int | None:
-    """`options.prefill_chunk` of a transformers entry: tokens per chunk; 0/false: off."""
-    if value is None:
-        return DEFAULT_CHUNK
-    if value is False or value == 0:
+    """`options.prefill_chunk` of a transformers entry: tokens per chunk (e.g. 512);
+    unset, 0 or false: off (not yet shown to be a win on CPU: see docs/benchmarks.md)."""
+    if value is None or value is False or value == 0:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 16:
         raise ValueError(
