@@ -173,21 +173,47 @@ def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = 
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], health_url: str, log_name: str, env: dict | None = None) -> Iterator:
-    """Start a server subprocess, wait until it answers, stop it afterwards."""
-    log = open(Path(tempfile.gettempdir()) / f"{log_name}.log", "w")  # noqa: SIM115
+def server(
+    cmd: list[str],
+    health_url: str,
+    log_name: str,
+    env: dict | None = None,
+    timeout: float = 180.0,
+    log_dir: Path | None = None,
+) -> Iterator:
+    """Start a server subprocess, wait until it answers, stop it afterwards.
+
+    It runs in a process group of its own, and the whole group is stopped (SIGTERM, then
+    SIGKILL), so workers it forked (vLLM's engine core) do not outlive it."""
+    log = open(Path(log_dir or tempfile.gettempdir()) / f"{log_name}.log", "w")  # noqa: SIM115
     env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     try:
-        wait_http(health_url, proc=proc)
+        wait_http(health_url, timeout=timeout, proc=proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
         log.close()
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone already
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader is gone: make sure no child lingers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -197,7 +223,7 @@ def fmt(value: float, digits: int = 1) -> str:
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     print(f"\n{title}")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

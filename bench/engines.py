@@ -14,13 +14,23 @@ holds the cores), all levels each, so the ratios compare runs minutes apart on a
 whose load may change: rerun to see the spread.
 
     python bench/engines.py [--requests 32] [--concurrency 1,8,16] [--systems ...]
+    python bench/engines.py --smoke        # 2 requests at 1 and 2 streams, 8 tokens
+
+Robust to a system that cannot run: it is skipped with the reason printed (not installed,
+too little free memory, extra deps missing), or reported as failed with its log (under
+--work-dir) when it does not start within --start-timeout or a level takes more than
+--level-timeout. Every server runs in its own process group, stopped (SIGTERM, then
+SIGKILL) after its levels, on errors, Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -83,14 +93,16 @@ def registry_yaml(tmp: Path, hf: Path, gguf: Path, threads: int, batch: int) -> 
     return path
 
 
-def command(system: str, port: int, hf: Path, gguf: Path, config: Path, threads: int) -> tuple:
+def command(
+    system: str, port: int, hf: Path, gguf: Path, config: Path, threads: int, batch: int
+) -> tuple:
     """(argv, health path, model name in requests) for one system."""
     py, host = sys.executable, ["--host", "127.0.0.1", "--port", str(port)]
     if system == "vllm-server":
         return (
             [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf),
              "--served-model-name", "bench", *host, "--enforce-eager", "--max-model-len", "2048",
-             "--kv-cache-memory-bytes", str(KV_BYTES), "--disable-log-requests"],
+             "--kv-cache-memory-bytes", str(KV_BYTES), "--max-num-seqs", str(batch)],
             "/health", "bench",
         )  # fmt: skip
     if system == "llama.cpp-server":
@@ -102,7 +114,8 @@ def command(system: str, port: int, hf: Path, gguf: Path, config: Path, threads:
         )  # fmt: skip
     if system == "tf-serve":
         return (
-            ["transformers", "serve", str(hf), *host, "--device", "cpu", "--log-level", "warning"],
+            [shutil.which("transformers") or "transformers", "serve", str(hf), *host,
+             "--device", "cpu", "--log-level", "warning"],
             "/health", str(hf),
         )  # fmt: skip
     engine = system.split("/", 1)[1]
@@ -114,29 +127,32 @@ def command(system: str, port: int, hf: Path, gguf: Path, config: Path, threads:
 
 
 def skip_reason(system: str) -> str | None:
-    import importlib.util
+    def missing(*modules: str) -> list[str]:
+        return [m for m in modules if importlib.util.find_spec(m) is None]
 
     if system in ("vllm-server", "ours/vllm"):
-        if importlib.util.find_spec("vllm") is None:
+        if missing("vllm"):
             return "vllm not installed"
         if available_gib() < 8:
             return f"only {available_gib():.1f} GiB free (vLLM needs ~3, keep 5 spare)"
-    if system in ("llama.cpp-server", "ours/llama-cpp"):
-        if importlib.util.find_spec("llama_cpp") is None:
-            return "llama-cpp-python not installed"
-        if system == "llama.cpp-server" and importlib.util.find_spec("starlette_context") is None:
-            return "its server needs: pip install 'llama-cpp-python[server]' (starlette-context)"
-    if system == "tf-serve" and importlib.util.find_spec("fastapi") is None:
-        return "transformers serve needs fastapi"
+    if system in ("llama.cpp-server", "ours/llama-cpp") and missing("llama_cpp"):
+        return "llama-cpp-python not installed"
+    if system == "llama.cpp-server":
+        lacking = missing("starlette_context", "sse_starlette", "pydantic_settings", "uvicorn")
+        if lacking:
+            return f"its server needs {', '.join(lacking)}: pip install 'llama-cpp-python[server]'"
+    if system == "tf-serve":
+        if shutil.which("transformers") is None:
+            return "no `transformers` CLI on PATH"
+        lacking = missing("fastapi", "uvicorn")
+        if lacking:
+            need = ", ".join(lacking)
+            return f"transformers serve needs {need}: pip install 'transformers[serving]'"
     return None
 
 
-def main() -> None:
-    from transformers import AutoTokenizer
-
-    from chatbot.registry import resolve_model_path
+def parse_args() -> argparse.Namespace:
     from model_adapters.cpu import physical_cores
-    from model_adapters.gguf import converted
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=32, help="requests per level")
@@ -145,20 +161,71 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=physical_cores())
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "bench-engines"))
+    parser.add_argument("--start-timeout", type=float, default=600, help="seconds to be ready")
+    parser.add_argument("--level-timeout", type=float, default=900, help="seconds per level")
+    parser.add_argument("--smoke", action="store_true", help="2 requests at 1,2 streams, 8 tokens")
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.smoke:
+        args.requests, args.concurrency, args.max_tokens = 2, "1,2", 8
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown --systems {sorted(unknown)}; choose from {SYSTEMS}")
+    return args
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the running server's group is stopped."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def measure(system: str, port: int, args, model: str, tokenizer, results: dict) -> None:
+    """Every level against one running server, into results[system, level]."""
+    client = StreamClient(f"http://127.0.0.1:{port}", model, args.max_tokens, tokenizer)
+    loop = asyncio.new_event_loop()
+    try:
+        for level in args.levels:
+            run = client.run(level, args.requests)
+            try:
+                stats = loop.run_until_complete(asyncio.wait_for(run, args.level_timeout))
+            except TimeoutError:
+                raise TimeoutError(f"c={level} took over {args.level_timeout:.0f}s") from None
+            results[system, level] = stats.row()
+            print(f"  {system} c={level}: {results[system, level]}", file=sys.stderr)
+    finally:
+        loop.run_until_complete(client.close())
+        loop.run_until_complete(loop.shutdown_asyncgens())  # streams cut by a timeout
+        loop.close()
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    from chatbot.registry import resolve_model_path
+    from model_adapters.gguf import converted
+
+    args = parse_args()
+    _stop_on_sigterm()
+    levels = args.levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     gguf = Path(resolve_model_path(GGUF, work))
     hf = converted(gguf, work / "gguf-cache")  # the same de-quantised folder our engine uses
     tokenizer = AutoTokenizer.from_pretrained(str(hf))
-    config = registry_yaml(work, hf, gguf, args.threads, max(levels))
+    batch = max(levels)
+    config = registry_yaml(work, hf, gguf, args.threads, batch)
     env = {
         "OMP_NUM_THREADS": str(args.threads),
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "CHATBOT_MODELS_ROOT": str(work),
         "CHATBOT_DATA_DIR": str(work),
         "CHATBOT_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",  # every system loads local files only
+        "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     results: dict[tuple[str, int], dict] = {}
@@ -167,26 +234,21 @@ def main() -> None:
         reason = skip_reason(system)
         if reason:
             notes.append(f"{system}: skipped ({reason})")
+            print(f"skipping {system}: {reason}", file=sys.stderr)
             continue
         port = free_port()
-        argv, health, model = command(system, port, hf, gguf, config, args.threads)
+        argv, health, model = command(system, port, hf, gguf, config, args.threads, batch)
         log_name = "bench-" + system.replace("/", "-")
         print(f"starting {system} ...", file=sys.stderr)
+        url = f"http://127.0.0.1:{port}{health}"
         try:
-            with server(argv, f"http://127.0.0.1:{port}{health}", log_name, env=env):
-                client = StreamClient(f"http://127.0.0.1:{port}", model, args.max_tokens, tokenizer)
-                loop = asyncio.new_event_loop()
-                try:
-                    for level in levels:
-                        stats = loop.run_until_complete(client.run(level, args.requests))
-                        results[system, level] = stats.row()
-                        print(f"  {system} c={level}: {results[system, level]}", file=sys.stderr)
-                finally:
-                    loop.run_until_complete(client.close())
-                    loop.close()
+            with server(argv, url, log_name, env, args.start_timeout, log_dir=work):
+                measure(system, port, args, model, tokenizer, results)
         except Exception as exc:  # noqa: BLE001 - report and go on with the next system
-            log = Path(tempfile.gettempdir()) / f"{log_name}.log"
-            notes.append(f"{system}: failed ({type(exc).__name__}: {exc}; log {log})")
+            notes.append(
+                f"{system}: failed ({type(exc).__name__}: {exc}; log {work / log_name}.log)"
+            )
+            print(notes[-1], file=sys.stderr)
     print_results(results, levels, notes, args)
 
 
@@ -207,6 +269,8 @@ def print_results(results: dict, levels: list[int], notes: list[str], args) -> N
     notes = [
         f"{args.requests} requests per level, streaming, greedy, max_tokens {args.max_tokens}, "
         f"{args.threads} threads; CPU: {os.cpu_count()} logical cores",
+        "ours/transformers: the entry's defaults (dtype auto: bf16 where the CPU has "
+        "AMX/AVX512-BF16, prefix cache on, chunked prefill off)",
         *notes,
     ]
     print_table("Engines side by side (SmolLM2-135M-Instruct)", header, rows, notes)

@@ -35,17 +35,27 @@ class Stats:
 
 
 class StreamClient:
-    def __init__(self, base_url: str, model: str, max_tokens: int, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_tokens: int,
+        tokenizer: Any,
+        timeout: float = 300.0,
+        messages: Any = messages,
+    ) -> None:
         import httpx
 
         self.model, self.max_tokens, self.tokenizer = model, max_tokens, tokenizer
+        self.messages = messages  # i -> the chat messages of request i
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits)
+        # `timeout` bounds each read: a stalled stream fails instead of hanging the run.
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
 
     async def one(self, i: int, stats: Stats) -> None:
         body = {
             "model": self.model,
-            "messages": messages(i),
+            "messages": self.messages(i),
             "max_tokens": self.max_tokens,
             "temperature": 0,
             "stream": True,

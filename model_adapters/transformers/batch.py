@@ -21,6 +21,7 @@ from model_adapters.generation import (
     Sink,
     StopMatcher,
     TokenLogprob,
+    token_logprob,
 )
 
 
@@ -47,18 +48,6 @@ def supports_merging(config: Any) -> bool:
     """Only plain full-attention caches can be padded and merged (not sliding/linear)."""
     cache = DynamicCache(config=config)
     return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def left_padded(prompts: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
-    """input_ids, attention_mask and position_ids for prompts padded on the left."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[i, width - len(prompt) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 class Batch:
@@ -125,3 +114,20 @@ def _pad_to(a: torch.Tensor, b: torch.Tensor, len_a: int, len_b: int) -> tuple[t
     width = max(len_a, len_b)
     pad = torch.nn.functional.pad
     return pad(a, (0, 0, width - len_a, 0)), pad(b, (0, 0, width - len_b, 0))
+
+
+def take_logprobs(row: Row) -> list[TokenLogprob] | None:
+    """The logprobs of the tokens since the last delta (None when not asked for)."""
+    if row.request.logprobs is None:
+        return None
+    taken, row.logprobs = row.logprobs, []
+    return taken
+
+
+def prompt_logprobs(logits: torch.Tensor, prompt: list[int], top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it (the first has none).
+    `logits`: [prompt_len, vocab], the prefill's logits of this prompt's positions."""
+    out: list[TokenLogprob | None] = [None]
+    for position, token in enumerate(prompt[1:]):
+        out.append(token_logprob(logits[position], token, top))
+    return out

@@ -35,6 +35,8 @@ class TransformersEngine(LocalEngine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from chatbot.quantize import is_gptq_checkpoint
         from model_adapters.gguf import cache_root, converted, find_gguf
+        from model_adapters.transformers.chunked import chunk_option
+        from model_adapters.transformers.prefix_cache import PrefixCacheOptions
         from model_adapters.transformers.runtime import HFRuntime, pick_device
 
         super().__init__(entry, settings)
@@ -58,4 +60,6 @@ class TransformersEngine(LocalEngine):
             max_queue=entry.max_queue,
             max_batch_size=entry.max_batch_size,
             load_kwargs=load_kwargs,
+            prefix_cache=PrefixCacheOptions.parse(extra.get("prefix_cache")),
+            prefill_chunk=chunk_option(extra.get("prefill_chunk")),
         )

@@ -6,6 +6,9 @@ running batch between decode steps (continuous batching): new requests are prefi
 together with left padding, then merged into the batch's KV cache; finished or cancelled
 requests leave the batch at the next step. Each row keeps its own stop strings, sampling
 parameters, seed and constraint (see model_adapters.transformers.batch for the cache layout).
+A prompt that starts like an earlier one is prefilled on top of that prefix's cached KV
+(prefix_cache.py); one longer than `prefill_chunk` is prefilled a chunk per turn while the
+batch keeps decoding (chunked.py).
 
 Why not transformers' own continuous batching (`generate_batch` / ContinuousBatchingManager):
 in transformers 5.19 it has per-request temperature/top-p but no per-request seed or
@@ -20,7 +23,7 @@ import logging
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_adapters.generation import (
     Delta,
@@ -28,7 +31,6 @@ from model_adapters.generation import (
     IncrementalDecoder,
     Sink,
     StopMatcher,
-    TokenLogprob,
     is_greedy,
     process_logits,
     sample_next,
@@ -41,6 +43,11 @@ from model_adapters.runtime import (
     final_delta,
     finish_after,
 )
+from model_adapters.transformers.batch import prompt_logprobs, take_logprobs
+from model_adapters.transformers.devices import pick_device, pick_dtype
+
+if TYPE_CHECKING:
+    from model_adapters.transformers.prefix_cache import PrefixCacheOptions
 
 __all__ = ["EngineStats", "HFRuntime", "pick_device", "pick_dtype"]
 
@@ -56,33 +63,6 @@ def _close_all() -> None:
         runtime.close()
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "cpu":
-        from model_adapters.cpu import has_native_bf16
-
-        # ~2x float32 at batch 8 where oneDNN has native bf16 (AMX / AVX512-BF16).
-        return torch.bfloat16 if has_native_bf16() else torch.float32
-    return torch.float32
-
-
 class HFRuntime(QueuedWorker):
     """Model + tokenizer + a worker thread that batches generation requests."""
 
@@ -96,10 +76,14 @@ class HFRuntime(QueuedWorker):
         max_queue: int = 256,
         max_batch_size: int = 8,
         load_kwargs: dict[str, Any] | None = None,
+        prefix_cache: PrefixCacheOptions | None = None,  # None: off
+        prefill_chunk: int | None = None,  # prompts longer than this are prefilled in chunks
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from model_adapters.transformers.batch import Batch, supports_merging
+        from model_adapters.transformers.chunked import ChunkedPrefill
+        from model_adapters.transformers.prefix_cache import PrefixCache
 
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -125,8 +109,18 @@ class HFRuntime(QueuedWorker):
         if max_batch_size > 1 and not supports_merging(config):
             log.warning("%s: sliding-window/linear cache: serving requests one at a time", path)
             self.max_batch_size = 1
+        self.prefix_cache = None  # only plain full-attention caches can be assembled
+        if prefix_cache is not None and prefix_cache.enabled and supports_merging(config):
+            self.prefix_cache = PrefixCache(
+                prefix_cache.block_size, int(prefix_cache.max_mb * 2**20)
+            )
         params = inspect.signature(self.model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._chunked = None  # chunks are assembled like cached prefixes: same limits
+        if prefill_chunk and supports_merging(config):
+            self._chunked = ChunkedPrefill(
+                prefill_chunk, self.model, self.pad_id, self.device, self._logits_to_keep
+            )
         self.stats = EngineStats()
         self._batch = Batch(self.device)
         self._start_worker(max_queue, f"hf-{Path(path).name}")
@@ -161,16 +155,19 @@ class HFRuntime(QueuedWorker):
 
         while True:
             with self._cond:
-                while not (self._closed or self._waiting or self._batch.rows):
+                chunking = self._chunked.pending if self._chunked is not None else ()
+                while not (self._closed or self._waiting or self._batch.rows or chunking):
                     self._cond.wait()
                 if self._closed:
                     break
-                free = self.max_batch_size - len(self._batch)
+                free = self.max_batch_size - len(self._batch) - len(chunking)
                 admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
             try:
                 with torch.inference_mode():
                     if admitted:
                         self._admit(admitted)
+                    if chunking:
+                        self._chunk()
                     if self._batch.rows:
                         self._step()
             except Exception as exc:  # noqa: BLE001 - the error goes back to the callers
@@ -181,6 +178,7 @@ class HFRuntime(QueuedWorker):
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
         self._fail(self._batch.rows, closed)
+        self._fail([item.row for item in chunking], closed)
         for _, sink in waiting:
             sink.put(Delta(error=closed, finish_reason="error"))
 
@@ -209,9 +207,7 @@ class HFRuntime(QueuedWorker):
 
     def _admit(self, items: list[tuple[GenerationRequest, Sink]]) -> None:
         """Prefill new requests together (left-padded), sample their first token, merge."""
-        from transformers import DynamicCache
-
-        from model_adapters.transformers.batch import Batch, left_padded
+        from model_adapters.transformers.batch import Batch
 
         rows = []
         for request, sink in items:
@@ -228,28 +224,68 @@ class HFRuntime(QueuedWorker):
         fresh = Batch(self.device)
         fresh.rows = rows
         self._retire(fresh)
-        if not fresh.rows:
+        if self.prefix_cache is None:
+            groups = [(fresh.rows, [None] * len(fresh.rows))] if fresh.rows else []
+        else:
+            from model_adapters.transformers.prefix_cache import split_by_hits
+
+            groups = split_by_hits(self.prefix_cache, fresh.rows)
+        for group, hits in groups:
+            now = []
+            for row, hit in zip(group, hits, strict=True):
+                if self._chunked is not None and self._chunked.wants(row, hit):
+                    self._chunked.add(row, hit)  # a chunk per turn, from _chunk
+                else:
+                    now.append((row, hit))
+            if now:
+                self._prefill([r for r, _ in now], [h for _, h in now])
+
+    def _chunk(self) -> None:
+        """One chunk of the first long prompt waiting for its prefill."""
+        from model_adapters.transformers.batch import Batch
+
+        head = self._chunked.pending[0].row
+        if head.request.cancel.is_set():
+            self._chunked.pending.popleft()
+            head.finish = "cancelled"
+            gone = Batch(self.device)
+            gone.rows = [head]
+            self._retire(gone)
             return
         try:
-            ids, mask, positions = left_padded(
-                [r.request.prompt_ids for r in fresh.rows], self.pad_id, self.device
-            )
-            fresh.cache = DynamicCache(config=self.model.config)
-            echo = [r for r in fresh.rows if r.request.prompt_logprobs is not None]
+            ready = self._chunked.advance()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail only this request
+            log.exception("chunked prefill failed")
+            self._chunked.pending.popleft()
+            self._fail([head], exc)
+            return
+        if ready is not None:
+            self._prefill([ready.row], [ready.hit])
+
+    def _prefill(self, rows: list[Any], hits: list[Any]) -> None:
+        """One prefill forward for `rows` (on top of their cached prefixes, `hits`)."""
+        from model_adapters.transformers.batch import Batch
+        from model_adapters.transformers.prefix_cache import prefill_inputs
+
+        fresh = Batch(self.device)
+        fresh.rows = rows
+        try:
+            prompts = [r.request.prompt_ids for r in rows]
+            inputs = prefill_inputs(prompts, hits, self.pad_id, self.device, self.model.config)
+            fresh.cache = inputs["past_key_values"]
+            echo = [r for r in rows if r.request.prompt_logprobs is not None]
             out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=fresh.cache,
+                **inputs,
                 use_cache=True,
                 **({} if echo else self._logits_to_keep),  # echo: every position's logits
             )
-            for i, row in enumerate(fresh.rows):
-                if row.request.prompt_logprobs is not None:
-                    prompt = row.request.prompt_ids
-                    width = ids.shape[1]
-                    logits = out.logits[i, width - len(prompt) : width - 1]
-                    lps = prompt_logprobs(logits, prompt, row.request.prompt_logprobs)
+            width = inputs["input_ids"].shape[1]
+            for i, row in enumerate(rows):
+                if self.prefix_cache is not None:
+                    self.prefix_cache.store(prompts[i], fresh.cache, i)
+                if row.request.prompt_logprobs is not None:  # never a hit: all of it was fed
+                    logits = out.logits[i, width - len(prompts[i]) : width - 1]
+                    lps = prompt_logprobs(logits, prompts[i], row.request.prompt_logprobs)
                     row.sink.put(Delta(prompt_logprobs=lps))
             self._advance(fresh.rows, out.logits[:, -1])
             self._retire(fresh)
@@ -325,7 +361,7 @@ class HFRuntime(QueuedWorker):
             return
         text, hit = row.stops.feed(row.decoder.add(token))
         if text:
-            row.sink.put(Delta(text=text, logprobs=_take_logprobs(row)))
+            row.sink.put(Delta(text=text, logprobs=take_logprobs(row)))
         if (finish := finish_after(row, hit)) is not None:
             row.finish = finish
 
@@ -341,29 +377,12 @@ class HFRuntime(QueuedWorker):
             if row.finish == "cancelled":
                 self.stats.cancelled += 1
             stop = row.stops.matched if row.finish == "stop_string" else None
-            row.sink.put(final_delta(row, logprobs=_take_logprobs(row), stop_sequence=stop))
+            row.sink.put(final_delta(row, logprobs=take_logprobs(row), stop_sequence=stop))
         batch.keep(keep)
 
     def _fail(self, rows: list[Any], exc: BaseException) -> None:
         for row in rows:
             row.sink.put(Delta(error=exc, finish_reason="error"))
-
-
-def _take_logprobs(row: Any) -> list[TokenLogprob] | None:
-    """The logprobs of the tokens since the last delta (None when not asked for)."""
-    if row.request.logprobs is None:
-        return None
-    taken, row.logprobs = row.logprobs, []
-    return taken
-
-
-def prompt_logprobs(logits: Any, prompt: list[int], top: int) -> list[TokenLogprob | None]:
-    """Each prompt token's logprob given the tokens before it (the first has none).
-    `logits`: [prompt_len, vocab], the prefill's logits of this prompt's positions."""
-    out: list[TokenLogprob | None] = [None]
-    for position, token in enumerate(prompt[1:]):
-        out.append(token_logprob(logits[position], token, top))
-    return out
 
 
 def make_constraint(constraint: Any, tokenizer: Any, config: Any, budget: int | None = None) -> Any:
