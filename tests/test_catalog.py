@@ -130,3 +130,25 @@ def test_n_choices_run_concurrently_streamed_or_not(_registry) -> None:
                 texts[stream] = {c["index"]: c["message"]["content"] for c in r.json()["choices"]}
     assert sorted(texts[True]) == sorted(texts[False]) == [0, 1, 2]
     assert texts[True] == texts[False]  # greedy: the same choices either way
+
+
+def test_embeddings_follow_the_entry_dtype(catalogs) -> None:
+    # `dtype: auto` as for chat models (bf16 where the CPU has it natively); an explicit
+    # dtype is kept, and both embed to nearly the same vectors.
+    import numpy as np
+
+    from model_adapters.transformers.runtime import pick_dtype
+
+    a, _ = catalogs
+    engine = a.engine("minilm", "embeddings")
+    assert engine.dtype == pick_dtype("auto", "cpu")
+    assert next(engine.model.parameters()).dtype == engine.dtype
+    entry = engine.entry.model_copy(
+        update={"options": engine.entry.options.model_copy(update={"dtype": "float32"})}
+    )
+    exact = type(engine)(entry, a.settings)
+    assert str(next(exact.model.parameters()).dtype) == "torch.float32"
+    texts = ["the river by the old library", "a quiet northern harbour in winter"]
+    ours = np.array(engine.embeddings().embed_documents(texts))
+    ref = np.array(exact.embeddings().embed_documents(texts))
+    assert (ours * ref).sum(axis=1).min() > 0.99
