@@ -20,6 +20,7 @@ from chatbot.errors import ModelLoadError
 from chatbot.pool import ModelPool, PooledRuntime
 from chatbot.registry import Kind, ModelEntry, Registry, load_registry
 from chatbot.settings import Settings, get_settings
+from model_adapters.offload import Offloader
 from model_adapters.router.engine import RouterEngine
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class ModelCatalog:
         self._runtimes: dict[str, PooledRuntime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self.picked: dict[str, Picked] = {}
+        # Prompt rendering, tokenizing and grammar compilation of this catalog's local
+        # chat models run here, off the event loop (bounded: model_adapters.offload).
+        self.prepare = Offloader()
         self.pool = ModelPool(
             settings=lambda: self.settings,
             lock=self._lock,
@@ -165,8 +169,8 @@ class ModelCatalog:
         engine = self.engine(name, "chat")
         with self._lock:
             pooled = self._runtimes.get(engine.entry.name)
-        if pooled is not None:
-            overrides = {"runtime": pooled, **overrides}
+        if pooled is not None:  # a local runtime: ChatLocal, which prepares in our pool
+            overrides = {"runtime": pooled, "preparer": self.prepare, **overrides}
         return engine.chat_model(**overrides)
 
     def embeddings(self, name: str | None = None) -> Embeddings:

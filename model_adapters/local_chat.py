@@ -11,7 +11,7 @@ work on invoke/stream/batch, sync and async.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -26,7 +26,7 @@ from chatbot.engines import Engine
 from model_adapters.constrained import check_constraint, response_format_constraint
 from model_adapters.generation import Delta, GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
-from model_adapters.offload import PREPARE
+from model_adapters.offload import Offloader
 from model_adapters.prompting import encode, render_chat
 from model_adapters.runtime import Runtime
 from model_adapters.structured import structured_output_runnable
@@ -52,6 +52,8 @@ class ChatLocal(BaseChatModel):
 
     model: str = Field(alias="model_name")
     runtime: Runtime | None = Field(default=None, exclude=True, repr=False)
+    # Where prompts are rendered, tokenized and grammars compiled: the catalog's pool.
+    preparer: Offloader | None = Field(default=None, exclude=True, repr=False)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
@@ -74,7 +76,13 @@ class ChatLocal(BaseChatModel):
             # and hands its runtime in (`runtime=`) whenever it builds a ChatLocal itself.
             factory = importlib.import_module("chatbot.factory")
             self.runtime = factory.default_catalog().runtime(self.model)
+        if self.preparer is None:  # likewise: the default catalog's preparation pool
+            self.preparer = importlib.import_module("chatbot.factory").default_catalog().prepare
         return self
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self.preparer is not None  # set by _attach_runtime
+        return await self.preparer.run(fn, *args)
 
     @property
     def _llm_type(self) -> str:
@@ -199,7 +207,7 @@ class ChatLocal(BaseChatModel):
 
     async def aencode_prompt(self, prompt: str | list[int]) -> list[int]:
         """`encode_prompt` off the event loop: a huge prompt must not stall other clients."""
-        return await PREPARE.run(self.encode_prompt, prompt)
+        return await self._offload(self.encode_prompt, prompt)
 
     def decode_prompt(self, prompt: str | list[int]) -> str:
         if isinstance(prompt, str):
@@ -250,7 +258,7 @@ class ChatLocal(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         # Templates, tokenizing and grammar compilation leave the event loop.
-        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
+        request, output = await self._offload(self._prepare, messages, stop, kwargs)
         async for chunk in self._run_async(request, output, run_manager):
             yield chunk
 
@@ -283,7 +291,7 @@ class ChatLocal(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request, output = await PREPARE.run(self._prepare, messages, stop, kwargs)
+        request, output = await self._offload(self._prepare, messages, stop, kwargs)
         chunks = [c async for c in self._run_async(request, output, run_manager)]
         return output.result(chunks)
 

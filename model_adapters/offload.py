@@ -5,6 +5,9 @@ schema or prompt must not stall every other client (not even /health).
 The pool is bounded (at most `workers` preparations at once; the rest queue), and a
 caller that is cancelled while queued never starts its work. Work already running
 finishes in its thread (Python threads cannot be interrupted) and its result is dropped.
+
+The pool is state, so it lives in an object that is passed down: the model catalog owns
+one `Offloader` (`ModelCatalog.prepare`) and hands it to each `ChatLocal` it builds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ T = TypeVar("T")
 class Offloader:
     """A bounded thread pool for blocking CPU work called from async code."""
 
-    def __init__(self, workers: int, name: str = "prepare") -> None:
+    def __init__(self, workers: int | None = None, name: str = "prepare") -> None:
+        workers = workers or default_workers()
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
@@ -35,6 +39,7 @@ class Offloader:
         return await loop.run_in_executor(self._pool, call)
 
 
-# One pool per process, like the engines' worker threads: at most as many preparations at
-# once as there are cores (at least two, so one huge request cannot queue all others).
-PREPARE = Offloader(max(2, os.cpu_count() or 2))
+def default_workers() -> int:
+    """As many preparations at once as there are cores, at least two (so one huge
+    request cannot queue all others)."""
+    return max(2, os.cpu_count() or 2)

@@ -1,8 +1,8 @@
 """The openai-agents SDK's default Responses model running one tool turn against the
-server on the tiny model. openai-agents is not a dev dependency (pip's resolver would
-downgrade websockets beside our pins), so this test runs where it is installed, e.g.
-`pip install --no-deps --target DIR openai-agents griffelib` and DIR on PYTHONPATH;
-tests/test_api_responses.py drives the same requests by hand everywhere."""
+server on the tiny model. openai-agents is installed by the quickstart's
+`pip install --no-deps ... openai-agents==0.24.0 griffelib==2.4.1` (not a dev extra:
+pip's resolver would downgrade websockets beside our pins); where it is missing this
+test skips, and tests/test_api_responses.py drives the same requests by hand."""
 
 from __future__ import annotations
 

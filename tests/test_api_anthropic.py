@@ -189,3 +189,92 @@ def test_x_api_key_auth():
             timeout=60,
         )
         assert r.status_code == 200
+
+
+def test_middleware_errors_are_anthropic_json():
+    """401, 413 and 429 answered by the middleware (before any route runs) are in
+    Anthropic's error JSON on /v1/messages and count_tokens, so the SDK raises its typed
+    errors; the OpenAI routes keep OpenAI's form."""
+    from chatbot.api import create_app
+    from chatbot.settings import Settings
+
+    settings = Settings(
+        api_keys=["sekret", "probe"], cors_origins=[], max_request_bytes=4096, rate_limit_rpm=2
+    )
+    app = create_app(settings, show_progress=False)
+    # The readiness probe has a key of its own: "sekret"'s budget is the test's.
+    with start_server(app, wait_ready=True, headers={"Authorization": "Bearer probe"}) as url:
+        bad = anthropic.Anthropic(base_url=url, api_key="wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as auth:
+            bad.messages.count_tokens(model="tiny", messages=HI)
+        assert auth.value.body["error"]["type"] == "authentication_error"
+
+        ok = anthropic.Anthropic(base_url=url, api_key="sekret", max_retries=0)
+        huge = [{"role": "user", "content": "x" * 8000}]
+        with pytest.raises(anthropic.ContentTooLargeError) as big:
+            ok.messages.create(model="tiny", max_tokens=2, messages=huge)
+        assert big.value.body["error"]["type"] == "request_too_large"
+
+        # Two requests a minute for this key (x-api-key counts as the key): the third is 429.
+        assert ok.messages.count_tokens(model="tiny", messages=HI).input_tokens > 0
+        assert ok.messages.count_tokens(model="tiny", messages=HI).input_tokens > 0
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            ok.messages.create(model="tiny", max_tokens=2, messages=HI)
+        assert limited.value.body["error"]["type"] == "rate_limit_error"
+
+        # The raw bodies: Anthropic's shape here, OpenAI's on the OpenAI routes.
+        for path, headers in [
+            ("/v1/messages", {"x-api-key": "wrong"}),
+            ("/v1/messages/count_tokens", {}),
+        ]:
+            r = httpx.post(f"{url}{path}", json={}, headers=headers, timeout=30)
+            assert r.status_code == 401
+            assert r.json() == {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": r.json()["error"]["message"]},
+            }
+        r = httpx.post(
+            f"{url}/v1/messages/count_tokens",
+            content=b"{" + b" " * 5000 + b"}",
+            headers={"x-api-key": "sekret", "content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 413 and r.json()["type"] == "error", r.text
+        r = httpx.post(f"{url}/v1/messages", json=HI[0], headers={"x-api-key": "sekret"})
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert int(r.headers["retry-after"]) >= 1
+        r = httpx.post(f"{url}/v1/chat/completions", json={}, headers={"x-api-key": "wrong"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_validation_errors_are_anthropic_json(server_url):
+    # FastAPI validates the body; the app's handler answers in Anthropic's form by path.
+    for path, body in [
+        ("/v1/messages", {"model": "tiny", "messages": HI}),  # no max_tokens
+        ("/v1/messages/count_tokens", {"model": "tiny", "messages": []}),
+        ("/v1/messages", [1, 2]),
+    ]:
+        r = httpx.post(f"{server_url}{path}", json=body, timeout=30)
+        assert r.status_code == 400, r.text
+        assert r.json()["type"] == "error", r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    json_type = {"content-type": "application/json"}
+    r = httpx.post(f"{server_url}/v1/messages", content=b"{nope", headers=json_type, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_openapi_shows_the_request_bodies(server_url):
+    spec = httpx.get(f"{server_url}/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    for path, name, required in [
+        ("/v1/messages", "MessagesRequest", {"model", "messages", "max_tokens"}),
+        ("/v1/messages/count_tokens", "CountTokensRequest", {"model", "messages"}),
+    ]:
+        body = spec["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        ref = body["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{name}"
+        assert set(schemas[name]["required"]) == required
+        assert {"system", "tools", "tool_choice"} <= set(schemas[name]["properties"])
+    tool_choice = schemas["ToolChoice"]["properties"]["type"]
+    assert set(tool_choice["enum"]) == {"auto", "any", "tool", "none"}

@@ -29,6 +29,35 @@ def test_two_catalogs_share_no_state(catalogs) -> None:
     assert b.unload("tiny") is False and "tiny" in a.loaded()
 
 
+async def test_each_catalog_prepares_in_its_own_pool(catalogs) -> None:
+    # The preparation pool (templates, tokenizing, grammars off the event loop) is the
+    # catalog's, handed to each ChatLocal it builds, not a module global.
+    from chatbot import factory
+    from model_adapters.local_chat import ChatLocal
+
+    a, b = catalogs
+    assert a.prepare is not b.prepare
+    model = a.chat_model("tiny", temperature=0, max_tokens=2)
+    assert model.preparer is a.prepare
+    threads: list[str] = []
+    original = a.prepare.run
+
+    async def spy(fn, *args):  # the real pool runs it; we only note the thread name
+        import threading
+
+        def traced(*inner):
+            threads.append(threading.current_thread().name)
+            return fn(*inner)
+
+        return await original(traced, *args)
+
+    a.prepare.run = spy  # type: ignore[method-assign]
+    reply = await model.ainvoke("hi")
+    assert reply.usage_metadata["output_tokens"] >= 1
+    assert threads and all(name.startswith("prepare") for name in threads)
+    assert ChatLocal(model="tiny").preparer is factory.default_catalog().prepare
+
+
 def test_pool_wraps_the_runtime_without_touching_the_engine(catalogs) -> None:
     a, _ = catalogs
     engine = a.engine("tiny")
@@ -101,3 +130,25 @@ def test_n_choices_run_concurrently_streamed_or_not(_registry) -> None:
                 texts[stream] = {c["index"]: c["message"]["content"] for c in r.json()["choices"]}
     assert sorted(texts[True]) == sorted(texts[False]) == [0, 1, 2]
     assert texts[True] == texts[False]  # greedy: the same choices either way
+
+
+def test_embeddings_follow_the_entry_dtype(catalogs) -> None:
+    # `dtype: auto` as for chat models (bf16 where the CPU has it natively); an explicit
+    # dtype is kept, and both embed to nearly the same vectors.
+    import numpy as np
+
+    from model_adapters.transformers.runtime import pick_dtype
+
+    a, _ = catalogs
+    engine = a.engine("minilm", "embeddings")
+    assert engine.dtype == pick_dtype("auto", "cpu")
+    assert next(engine.model.parameters()).dtype == engine.dtype
+    entry = engine.entry.model_copy(
+        update={"options": engine.entry.options.model_copy(update={"dtype": "float32"})}
+    )
+    exact = type(engine)(entry, a.settings)
+    assert str(next(exact.model.parameters()).dtype) == "torch.float32"
+    texts = ["the river by the old library", "a quiet northern harbour in winter"]
+    ours = np.array(engine.embeddings().embed_documents(texts))
+    ref = np.array(exact.embeddings().embed_documents(texts))
+    assert (ours * ref).sum(axis=1).min() > 0.99

@@ -22,7 +22,7 @@ from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.anthropic import routes as anthropic_routes
 from chatbot.api.anthropic.protocol import error_response as anthropic_error_response
 from chatbot.api.drain import ShutdownDrain
-from chatbot.api.errors import install_error_handlers
+from chatbot.api.errors import ErrorForms, install_error_handlers
 from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
 from chatbot.api.openai import routes as openai_routes
@@ -75,7 +75,10 @@ def create_app(
     )
     app.state.chatbot = state
     app.state.responses = ResponseStore(settings.data_dir / "responses.sqlite3")
-    install_error_handlers(app)
+    # Anthropic's error JSON under /v1/messages, OpenAI's elsewhere: for the routes'
+    # handlers and the middleware's own answers (401, 413, 429, 503) alike.
+    errors = ErrorForms({"/v1/messages": anthropic_error_response})
+    install_error_handlers(app, errors)
     app.include_router(ops.router)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router, prefix="/v1")  # OpenAI Responses
@@ -91,6 +94,6 @@ def create_app(
         state.metrics,
         state.drain,
         public_paths=ui.PUBLIC_PATHS,
-        error_responses={"/v1/messages": anthropic_error_response},  # Anthropic's JSON
+        errors=errors,
     )
     return app

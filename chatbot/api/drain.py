@@ -18,7 +18,7 @@ import logging
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot.api.errors import APIError
+from chatbot.api.errors import APIError, ErrorForms
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ def _stream_end(path: str, api: APIError) -> bytes:
 
 
 class DrainMiddleware:
-    def __init__(self, app: ASGIApp, drain: ShutdownDrain) -> None:
+    def __init__(self, app: ASGIApp, drain: ShutdownDrain, errors: ErrorForms) -> None:
         self.app = app
         self.drain = drain
+        self.errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,7 +101,8 @@ class DrainMiddleware:
         api = shutting_down()
         try:
             if not started:
-                await api.response()(scope, receive, send)
+                path = str(scope.get("path", ""))
+                await self.errors.response(api, path)(scope, receive, send)
             elif event_stream:
                 body = _stream_end(str(scope.get("path", "")), api)
                 await send({"type": "http.response.body", "body": body, "more_body": False})

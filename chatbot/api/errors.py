@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import openai
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -98,6 +99,28 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+ErrorRenderer = Callable[[APIError], Response]
+
+
+class ErrorForms:
+    """The one place that decides, by request path, which wire format's error JSON an
+    error is answered in: OpenAI's, unless a path prefix given by the app names another
+    (Anthropic's under /v1/messages). The exception handlers and every middleware that
+    answers on its own (401, 413, 429, 503 at shutdown, last-resort 500) ask this."""
+
+    def __init__(self, by_prefix: Mapping[str, ErrorRenderer] | None = None) -> None:
+        self.by_prefix = dict(by_prefix or {})
+
+    def renderer(self, path: str) -> ErrorRenderer:
+        for prefix, render in self.by_prefix.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return render
+        return APIError.response
+
+    def response(self, api: APIError, path: str) -> Response:
+        return self.renderer(path)(api)
 
 
 # --- constructors for the common cases -------------------------------------------------
@@ -274,13 +297,15 @@ def log_error(exc: BaseException, api: APIError) -> None:
         log.info("request rejected (%d): %s", api.status, api.message)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every known exception type through `from_exception`."""
+def install_error_handlers(app: FastAPI, forms: ErrorForms | None = None) -> None:
+    """Route every known exception type through `from_exception`, answered in the error
+    form of the request's path."""
+    forms = forms or ErrorForms()
 
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> Response:
         api = from_exception(exc)
         log_error(exc, api)
-        return api.response()
+        return forms.response(api, request.url.path)
 
     for exc_type in (
         APIError,

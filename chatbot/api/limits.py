@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatbot.api.errors import APIError
+from chatbot.api.errors import APIError, ErrorForms
 
 
 @dataclass
@@ -100,18 +100,27 @@ def charge_tokens(tokens: int) -> None:
 def caller_key(scope: Scope, by_key: bool) -> str:
     """A digest of the API key (never the key itself) when keys are checked, else the
     client address (an unchecked header would let a client pick a fresh budget)."""
-    for name, value in scope.get("headers", []) if by_key else ():
-        if name.lower() == b"authorization":
-            return "key:" + hashlib.sha256(value).hexdigest()[:16]
+    headers = dict((name.lower(), value) for name, value in scope.get("headers", []))
+    if by_key:  # the key the check took: Bearer, else Anthropic's x-api-key
+        bearer = headers.get(b"authorization", b"").partition(b" ")[2].strip()
+        token = bearer or headers.get(b"x-api-key", b"").strip()
+        if token:
+            return "key:" + hashlib.sha256(token).hexdigest()[:16]
     client = scope.get("client") or ("?", 0)
     return f"addr:{client[0]}"
 
 
 class RateLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, limiter: RateLimiter, public_paths: frozenset[str], by_key: bool
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        public_paths: frozenset[str],
+        by_key: bool,
+        errors: ErrorForms,
     ) -> None:
         self.app = app
+        self.errors = errors  # the 429 in the error form of the path
         self.limiter = limiter
         self.public_paths = public_paths
         self.by_key = by_key  # keys are checked before this middleware runs
@@ -129,7 +138,7 @@ class RateLimitMiddleware:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-            await api.response()(scope, receive, send)
+            await self.errors.response(api, str(scope.get("path", "")))(scope, receive, send)
             return
         token = _caller.set(_Caller(self.limiter, key))
         try:

@@ -20,7 +20,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import uvicorn
@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot.api.drain import DrainMiddleware, ShutdownDrain
-from chatbot.api.errors import APIError, from_exception, log_error
+from chatbot.api.errors import APIError, ErrorForms, from_exception, log_error
 from chatbot.api.limits import RateLimiter, RateLimitMiddleware
 from chatbot.api.metrics import HTTPMetricsMiddleware, Metrics
 from chatbot.settings import Settings
@@ -121,8 +121,9 @@ class GracefulServer(uvicorn.Server):
 # --- middleware ----------------------------------------------------------------------
 
 
-async def _send_error(send: Send, api: APIError) -> None:
-    response = api.response()
+async def send_error(send: Send, api: APIError, scope: Scope, forms: ErrorForms) -> None:
+    """Answer `api` in the error form of the request's path (OpenAI's or Anthropic's)."""
+    response = forms.response(api, str(scope.get("path", "")))
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -133,8 +134,9 @@ async def _no_receive() -> Message:  # pragma: no cover - responses never read
 class RequestContextMiddleware:
     """Request id (from X-Request-ID when sane, else new), access log, last-resort errors."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, errors: ErrorForms) -> None:
         self.app = app
+        self.errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,7 +168,7 @@ class RequestContextMiddleware:
             api = from_exception(exc)
             log_error(exc, api)
             if status[0] == 0:
-                await _send_error(send_wrapper, api)
+                await send_error(send_wrapper, api, scope, self.errors)
             elif not finished[0]:
                 # A stream failed after it started (its error event, if any, is sent):
                 # end the body properly instead of resetting the connection.
@@ -195,9 +197,10 @@ class BodySizeLimitMiddleware:
     """413 for request bodies over `max_bytes`: by Content-Length up front, else counted
     as the body arrives (the app's own answer to the cut-off body is replaced)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, errors: ErrorForms) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.errors = errors
 
     def _error(self) -> APIError:
         return APIError(
@@ -217,7 +220,7 @@ class BodySizeLimitMiddleware:
             except ValueError:
                 too_big = False
             if too_big:
-                await _send_error(send, self._error())
+                await send_error(send, self._error(), scope, self.errors)
                 return
         received = 0
         exceeded = False
@@ -239,14 +242,14 @@ class BodySizeLimitMiddleware:
                 await send(message)
             elif not replaced:  # whatever the app made of the error, the answer is 413
                 replaced = True
-                await _send_error(send, self._error())
+                await send_error(send, self._error(), scope, self.errors)
 
         try:
             await self.app(scope, counting_receive, send_wrapper)
         except _BodyTooLarge:
             pass
         if exceeded and not replaced:
-            await _send_error(send, self._error())
+            await send_error(send, self._error(), scope, self.errors)
 
 
 class APIKeyMiddleware:
@@ -259,14 +262,12 @@ class APIKeyMiddleware:
         app: ASGIApp,
         keys: list[str],
         public_paths: frozenset[str],
-        error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
+        errors: ErrorForms,
     ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys if k]
         self.public_paths = public_paths
-        # Path prefix -> the 401 response in that API's error JSON (Anthropic's under
-        # /v1/messages); given by the app, so this layer imports no wire format.
-        self.error_responses = dict(error_responses or {})
+        self.errors = errors
 
     def _valid(self, given: str) -> bool:
         candidate = given.encode()
@@ -302,12 +303,7 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         log.info("rejected: %s", api.message)
-        path = str(scope.get("path", ""))
-        for prefix, error_response in self.error_responses.items():
-            if path.startswith(prefix):
-                await error_response(api)({"type": "http"}, _no_receive, send)
-                return
-        await _send_error(send, api)
+        await send_error(send, api, scope, self.errors)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -323,11 +319,12 @@ def install_middleware(
     metrics: Metrics,
     drain: ShutdownDrain | None = None,
     public_paths: Iterable[str] = (),
-    error_responses: Mapping[str, Callable[[APIError], Any]] | None = None,
+    errors: ErrorForms | None = None,
 ) -> None:
     """Add the middleware stack (innermost first; Starlette wraps each new one outside).
-    `public_paths` need no key (the web page's static files); `error_responses`: path
-    prefix -> the error response of a wire format whose error JSON is not OpenAI's."""
+    `public_paths` need no key (the web page's static files); `errors` decides each
+    path's error form (given by the app, so this layer imports no wire format)."""
+    errors = errors or ErrorForms()
     public = set(PUBLIC_PATHS) | set(public_paths)
     if settings.public_metrics:
         public.add("/metrics")
@@ -339,14 +336,15 @@ def install_middleware(
             limiter=limiter,
             by_key=bool(keys),
             public_paths=PUBLIC_PATHS | frozenset(public_paths),
+            errors=errors,
         )
     app.add_middleware(
         APIKeyMiddleware,
         keys=keys,
         public_paths=frozenset(public),
-        error_responses=error_responses,
+        errors=errors,
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes, errors=errors)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -357,8 +355,8 @@ def install_middleware(
         )
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     if drain is not None:  # inside the request context: its log shows the final status
-        app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestContextMiddleware)
+        app.add_middleware(DrainMiddleware, drain=drain, errors=errors)
+    app.add_middleware(RequestContextMiddleware, errors=errors)
 
 
 # --- routes --------------------------------------------------------------------------

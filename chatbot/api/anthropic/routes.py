@@ -3,7 +3,8 @@
 Each request becomes the chat route's request (chatbot.api.anthropic.convert) and runs
 on the one serving path (chatbot.api.openai.chat.chat_serving, then serve() with
 `MessagesWire`). Every error, before or during a stream, is answered in
-Anthropic's error JSON: the body is validated here, not by FastAPI, for that reason.
+Anthropic's error JSON: the route's own here, FastAPI's validation errors and the
+middleware's answers (401, 413, 429) by the app's `ErrorForms` for /v1/messages.
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ from chatbot.api.openai.serving import Choice, Job, app_state, serve
 from chatbot.api.sse import typed_sse_response
 
 router = APIRouter(tags=["anthropic"])  # included under /v1
-
-
-async def _body(request: Request, model: type[CountTokensRequest]) -> Any:
-    body = model.model_validate(await request.json())
-    check_supported(body)
-    return body
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -82,9 +77,9 @@ class MessagesWire:
 
 
 @router.post("/messages", response_model=None)
-async def create_message(request: Request) -> Any:
+async def create_message(body: MessagesRequest, request: Request) -> Any:
     try:
-        body: MessagesRequest = await _body(request, MessagesRequest)
+        check_supported(body)
         serving = await chat_serving(chat_request(body), app_state(request), "messages")
         return await serve(serving, MessagesWire(MessageBuilder(serving.name)), bool(body.stream))
     except Exception as exc:  # noqa: BLE001 - every error in Anthropic's format
@@ -92,9 +87,9 @@ async def create_message(request: Request) -> Any:
 
 
 @router.post("/messages/count_tokens", response_model=None)
-async def count_tokens(request: Request) -> Any:
+async def count_tokens(body: CountTokensRequest, request: Request) -> Any:
     try:
-        body: CountTokensRequest = await _body(request, CountTokensRequest)
+        check_supported(body)
         state = app_state(request)
         model = await resolve_chat_model(state.catalog, body.model)
         messages = to_langchain_messages(chat_messages(body))
