@@ -179,3 +179,49 @@ def test_past_the_grace_period_streams_are_cut_and_it_still_exits_0(
     text = log.read_text()
     assert "Traceback" not in text and "CancelledError" not in text, text[-3000:]
     assert "ending 1 open request" in text
+
+
+def test_a_messages_stream_cut_at_shutdown_ends_with_anthropics_error_event(_registry):
+    """In process, gated: the worker is held after its first steps, so the stream is open
+    (its first events sent) when the grace period ends and the drain cuts it."""
+    from chatbot import factory
+    from chatbot.api.app import create_app
+    from tests.server_utils import start_server
+
+    app = create_app(show_progress=False)
+
+    @app.post("/test/grace-over")  # on the server's loop, as the grace period's end runs
+    async def grace_over() -> None:
+        app.state.chatbot.drain.close_all()
+
+    runtime = factory.get_engine("tiny").runtime
+    real_step, steps, release = runtime._step, threading.Semaphore(0), threading.Event()
+
+    def step() -> None:  # two steps run (the first text is out), then the worker waits
+        if not steps.acquire(blocking=False):
+            release.wait(60)
+        real_step()
+
+    steps.release(2)
+    runtime._step = step
+    body = {"model": "tiny", "max_tokens": 500, "stream": True}
+    body["messages"] = [{"role": "user", "content": "tell me a story"}]
+    lines: list[str] = []
+    try:
+        with (
+            start_server(app) as url,
+            httpx.stream("POST", f"{url}/v1/messages", json=body, timeout=60) as response,
+        ):
+            for line in response.iter_lines():
+                lines.append(line)
+                if line == "event: content_block_delta" and lines.count(line) == 1:
+                    httpx.post(f"{url}/test/grace-over", timeout=30)
+    finally:
+        release.set()
+        del runtime._step
+    assert response.status_code == 200 and "event: message_start" in lines
+    lines = [line for line in lines if line]
+    assert lines[-2] == "event: error", lines[-6:]
+    error = json.loads(lines[-1].removeprefix("data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error", error
+    assert "[DONE]" not in "".join(lines)  # not OpenAI's end marker

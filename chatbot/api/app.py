@@ -21,6 +21,7 @@ from chatbot import factory
 from chatbot.api import admin, langserve_routes, ops, ui
 from chatbot.api.anthropic import routes as anthropic_routes
 from chatbot.api.anthropic.protocol import error_response as anthropic_error_response
+from chatbot.api.anthropic.protocol import stream_end as anthropic_stream_end
 from chatbot.api.drain import ShutdownDrain
 from chatbot.api.errors import ErrorForms, install_error_handlers
 from chatbot.api.metrics import Metrics
@@ -76,8 +77,11 @@ def create_app(
     app.state.chatbot = state
     app.state.responses = ResponseStore(settings.data_dir / "responses.sqlite3")
     # Anthropic's error JSON under /v1/messages, OpenAI's elsewhere: for the routes'
-    # handlers and the middleware's own answers (401, 413, 429, 503) alike.
-    errors = ErrorForms({"/v1/messages": anthropic_error_response})
+    # handlers, the middleware's own answers (401, 413, 429, 503) and streams cut at shutdown.
+    errors = ErrorForms(
+        {"/v1/messages": anthropic_error_response},
+        stream_ends={"/v1/messages": anthropic_stream_end},
+    )
     install_error_handlers(app, errors)
     app.include_router(ops.router)
     app.include_router(openai_routes.router)

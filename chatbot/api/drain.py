@@ -104,7 +104,8 @@ class DrainMiddleware:
                 path = str(scope.get("path", ""))
                 await self.errors.response(api, path)(scope, receive, send)
             elif event_stream:
-                body = _stream_end(str(scope.get("path", "")), api)
+                path = str(scope.get("path", ""))
+                body = self.errors.stream_end(api, path) or _stream_end(path, api)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -102,6 +102,7 @@ class APIError(Exception):
 
 
 ErrorRenderer = Callable[[APIError], Response]
+StreamEnd = Callable[[APIError], bytes]  # an error event and the stream's end marker
 
 
 class ErrorForms:
@@ -110,17 +111,32 @@ class ErrorForms:
     (Anthropic's under /v1/messages). The exception handlers and every middleware that
     answers on its own (401, 413, 429, 503 at shutdown, last-resort 500) ask this."""
 
-    def __init__(self, by_prefix: Mapping[str, ErrorRenderer] | None = None) -> None:
+    def __init__(
+        self,
+        by_prefix: Mapping[str, ErrorRenderer] | None = None,
+        stream_ends: Mapping[str, StreamEnd] | None = None,
+    ) -> None:
         self.by_prefix = dict(by_prefix or {})
+        self.stream_ends = dict(stream_ends or {})
+
+    @staticmethod
+    def _find(table: Mapping[str, Any], path: str) -> Any:
+        for prefix, value in table.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return value
+        return None
 
     def renderer(self, path: str) -> ErrorRenderer:
-        for prefix, render in self.by_prefix.items():
-            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                return render
-        return APIError.response
+        return self._find(self.by_prefix, path) or APIError.response
 
     def response(self, api: APIError, path: str) -> Response:
         return self.renderer(path)(api)
+
+    def stream_end(self, api: APIError, path: str) -> bytes | None:
+        """The last bytes of an event stream cut by `api` (None: OpenAI's or LangServe's,
+        which the caller knows)."""
+        end = self._find(self.stream_ends, path)
+        return end(api) if end is not None else None
 
 
 # --- constructors for the common cases -------------------------------------------------

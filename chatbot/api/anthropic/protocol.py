@@ -7,6 +7,7 @@ dicts: chatbot.api.anthropic.convert checks each by type.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -104,6 +105,11 @@ def error_body(api: APIError) -> dict[str, Any]:
     if api.param and api.param not in message:
         message = f"{api.param}: {message}"
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def stream_end(api: APIError) -> bytes:
+    """A Messages stream cut short (e.g. at shutdown): Anthropic's `error` event ends it."""
+    return f"event: error\ndata: {json.dumps(error_body(api))}\n\n".encode()
 
 
 def error_response(api: APIError) -> JSONResponse:
