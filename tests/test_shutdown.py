@@ -181,9 +181,22 @@ def test_past_the_grace_period_streams_are_cut_and_it_still_exits_0(
     assert "ending 1 open request" in text
 
 
-def test_a_messages_stream_cut_at_shutdown_ends_with_anthropics_error_event(_registry):
-    """In process, gated: the worker is held after its first steps, so the stream is open
-    (its first events sent) when the grace period ends and the drain cuts it."""
+STORY = [{"role": "user", "content": "tell me a story"}]
+CUT_STREAMS = {  # path, body, an event of the stream's middle
+    "anthropic": ("/v1/messages", {"messages": STORY, "max_tokens": 500}, "content_block_delta"),
+    "responses": (
+        "/v1/responses",
+        {"input": STORY, "max_output_tokens": 500},
+        "response.output_text.delta",
+    ),
+}
+
+
+@pytest.mark.parametrize("wire", list(CUT_STREAMS))
+def test_a_stream_cut_at_shutdown_ends_with_its_wire_formats_error_event(_registry, wire):
+    """Anthropic Messages and OpenAI Responses streams (named events, no [DONE]) end with
+    their own `error` event. In process, gated: the worker is held after its first
+    steps, so the stream is open (its first events sent) when the drain cuts it."""
     from chatbot import factory
     from chatbot.api.app import create_app
     from tests.server_utils import start_server
@@ -204,24 +217,32 @@ def test_a_messages_stream_cut_at_shutdown_ends_with_anthropics_error_event(_reg
 
     steps.release(2)
     runtime._step = step
-    body = {"model": "tiny", "max_tokens": 500, "stream": True}
-    body["messages"] = [{"role": "user", "content": "tell me a story"}]
+    path, body, middle = CUT_STREAMS[wire]
+    body = {"model": "tiny", "stream": True, **body}
     lines: list[str] = []
     try:
         with (
             start_server(app) as url,
-            httpx.stream("POST", f"{url}/v1/messages", json=body, timeout=60) as response,
+            httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as response,
         ):
             for line in response.iter_lines():
                 lines.append(line)
-                if line == "event: content_block_delta" and lines.count(line) == 1:
+                if line == f"event: {middle}" and lines.count(line) == 1:
                     httpx.post(f"{url}/test/grace-over", timeout=30)
+            release.set()  # the cut generation may end now, before the server stops
     finally:
         release.set()
         del runtime._step
-    assert response.status_code == 200 and "event: message_start" in lines
     lines = [line for line in lines if line]
-    assert lines[-2] == "event: error", lines[-6:]
+    assert response.status_code == 200 and lines[-2] == "event: error", lines[-6:]
+    assert "[DONE]" not in "".join(lines)  # not OpenAI chat's end marker
     error = json.loads(lines[-1].removeprefix("data: "))
-    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error", error
-    assert "[DONE]" not in "".join(lines)  # not OpenAI's end marker
+    if wire == "anthropic":
+        assert error["type"] == "error" and error["error"]["type"] == "overloaded_error", error
+    else:
+        from tests.responses_schema import validate_event
+
+        validate_event(error)
+        assert error["code"] == "server_shutting_down", error
+        numbers = [json.loads(x[6:])["sequence_number"] for x in lines if x.startswith("data: ")]
+        assert numbers == list(range(len(numbers))), numbers  # it numbers on from the last

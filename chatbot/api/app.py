@@ -28,6 +28,7 @@ from chatbot.api.metrics import Metrics
 from chatbot.api.models import ModelLoader
 from chatbot.api.openai import routes as openai_routes
 from chatbot.api.responses import routes as responses_routes
+from chatbot.api.responses.protocol import stream_end as responses_stream_end
 from chatbot.api.responses.store import ResponseStore
 from chatbot.catalog import ModelCatalog
 from chatbot.settings import Settings, get_settings
@@ -80,7 +81,7 @@ def create_app(
     # handlers, the middleware's own answers (401, 413, 429, 503) and streams cut at shutdown.
     errors = ErrorForms(
         {"/v1/messages": anthropic_error_response},
-        stream_ends={"/v1/messages": anthropic_stream_end},
+        stream_ends={"/v1/messages": anthropic_stream_end, "/v1/responses": responses_stream_end},
     )
     install_error_handlers(app, errors)
     app.include_router(ops.router)

@@ -5,15 +5,18 @@ requests; then it cancels their tasks, which cuts a stream mid-way (no error eve
 `[DONE]`) and logs a CancelledError traceback per request. Shortly before that deadline
 `ShutdownDrain.close_all()` (called by chatbot.api.ops.GracefulServer) cancels every
 open request itself, through its own cancel scope, and `DrainMiddleware` ends each one
-properly: a 503 in OpenAI's error JSON if nothing was sent yet, else a final error event
-and the stream's end marker (`data: [DONE]` for OpenAI streams, `event: end` for
-LangServe ones). Cancelling a request closes its model stream, which stops generation.
+properly: a 503 in the path's error JSON (ErrorForms) if nothing was sent yet, else a
+final error event and the stream's end marker: `data: [DONE]` for OpenAI chat and
+completions streams, `event: end` for LangServe ones, the wire format's own `error` event
+for Anthropic Messages and OpenAI Responses (ErrorForms.stream_end). Cancelling a request
+closes its model stream, which stops generation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +25,7 @@ from chatbot.api.errors import APIError, ErrorForms
 
 log = logging.getLogger(__name__)
 
+_EVENT = re.compile(rb"(?:^|\n)event: ")
 _LANGSERVE_STREAMS = ("/stream", "/stream_log", "/stream_events")
 
 
@@ -78,16 +82,19 @@ class DrainMiddleware:
             return
         started = finished = False
         event_stream = False
+        events_sent = 0  # named SSE events (Responses numbers its events)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, finished, event_stream
+            nonlocal started, finished, event_stream, events_sent
             if message["type"] == "http.response.start":
                 started = True
                 for name, value in message.get("headers", []):
                     if name.lower() == b"content-type":
                         event_stream = value.startswith(b"text/event-stream")
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
+            elif message["type"] == "http.response.body":
+                finished = not message.get("more_body")
+                if event_stream:
+                    events_sent += len(_EVENT.findall(message.get("body", b"")))
             await send(message)
 
         with anyio.CancelScope() as cancel:
@@ -105,7 +112,7 @@ class DrainMiddleware:
                 await self.errors.response(api, path)(scope, receive, send)
             elif event_stream:
                 path = str(scope.get("path", ""))
-                body = self.errors.stream_end(api, path) or _stream_end(path, api)
+                body = self.errors.stream_end(api, path, events_sent) or _stream_end(path, api)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

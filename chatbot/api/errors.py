@@ -102,7 +102,8 @@ class APIError(Exception):
 
 
 ErrorRenderer = Callable[[APIError], Response]
-StreamEnd = Callable[[APIError], bytes]  # an error event and the stream's end marker
+# An event stream's last bytes when `APIError` cuts it, given how many events were sent.
+StreamEnd = Callable[[APIError, int], bytes]
 
 
 class ErrorForms:
@@ -132,11 +133,11 @@ class ErrorForms:
     def response(self, api: APIError, path: str) -> Response:
         return self.renderer(path)(api)
 
-    def stream_end(self, api: APIError, path: str) -> bytes | None:
+    def stream_end(self, api: APIError, path: str, events_sent: int) -> bytes | None:
         """The last bytes of an event stream cut by `api` (None: OpenAI's or LangServe's,
         which the caller knows)."""
         end = self._find(self.stream_ends, path)
-        return end(api) if end is not None else None
+        return end(api, events_sent) if end is not None else None
 
 
 # --- constructors for the common cases -------------------------------------------------

@@ -107,7 +107,7 @@ def error_body(api: APIError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def stream_end(api: APIError) -> bytes:
+def stream_end(api: APIError, events_sent: int = 0) -> bytes:
     """A Messages stream cut short (e.g. at shutdown): Anthropic's `error` event ends it."""
     return f"event: error\ndata: {json.dumps(error_body(api))}\n\n".encode()
 

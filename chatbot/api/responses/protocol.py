@@ -7,6 +7,7 @@ Items of `input` stay plain dicts: chatbot.api.responses.convert checks each by 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,3 +108,11 @@ def not_found(response_id: str) -> APIError:
         param="response_id",
         code="not_found",
     )
+
+
+def stream_end(api: APIError, events_sent: int) -> bytes:
+    """A Responses stream cut short (e.g. at shutdown): the spec's `error` event, numbered
+    after the events already sent (they count from 0)."""
+    event = {"type": "error", "code": api.code, "message": api.message, "param": api.param}
+    event["sequence_number"] = events_sent
+    return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
