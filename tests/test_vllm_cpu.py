@@ -22,6 +22,7 @@ from chatbot import factory  # noqa: E402
 from model_adapters.local_chat import ChatLocal  # noqa: E402
 from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
+from tests.structured_cases import MODES, SCHEMAS, local_sweep  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
 
@@ -175,3 +176,17 @@ def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
     stop = full[2:4]
     cut = model.invoke("the weather in paris", stop=[stop], max_tokens=20)
     assert cut.response_metadata.get("stop_sequence") == stop
+
+
+def test_structured_sweep_on_tiny_vllm(engine) -> None:
+    """Issue 13's sweep on vLLM with the tiny model's tokenizer (a byte-level BPE of
+    tokenizers' own, loaded from a HF directory; the real model's comes from a GGUF):
+    every schema as json_schema and as a forced call at the shortest reply and 12 tokens
+    more, sampled at temperature 1; each parses and validates, and one token below the
+    shortest is refused naming max_tokens."""
+    gens = [{"seed": seed, "temperature": 1.0} for seed in (0, 1)]
+    picks = lambda _name, need: [need, need + 12]  # noqa: E731
+    tally, refused = local_sweep(engine.chat_model(), "vllm/tiny", gens, picks)
+    print(tally.report())
+    assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
+    assert refused == len(MODES) * len(SCHEMAS)
