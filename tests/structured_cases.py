@@ -131,6 +131,14 @@ def ci_budgets(name: str, need: int, mid: bool = True) -> list[int]:
     return [need] + [need + 12] * mid + [256] * (name in SELF_BOUNDED)
 
 
+def short_budgets(_name: str, need: int) -> list[int]:
+    """The sweeps of the other engines and tokenizers: closing at once and after sampling."""
+    return [need, need + 12]
+
+
+SAMPLED = [{"seed": seed, "temperature": 1.0} for seed in (0, 1)]
+
+
 def local_case(chat: Any, schema: dict[str, Any], mode: str, max_tokens: int, **gen: Any):
     """One ChatLocal request; None when valid, else the reason."""
     if mode == "json_schema":

@@ -13,7 +13,7 @@ from chatbot import factory
 from chatbot.quantize import is_gptq_checkpoint, load_calibration, quantize
 from tests import test_standard_local as standard
 from tests.extra_models import extra_models
-from tests.structured_cases import MODES, SCHEMAS, local_sweep
+from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets
 
 if importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("optimum") is None:
     pytest.skip("gptqmodel/optimum not installed (pip install '.[gptq]')", allow_module_level=True)
@@ -109,8 +109,7 @@ def test_structured_sweep_on_gptq() -> None:
     call, at the shortest reply and 12 tokens more, sampled at temperature 1: each reply
     parses and validates; one token below the shortest is refused naming max_tokens."""
     chat = factory.get_engine("tiny-gptq").chat_model()
-    gens = [{"seed": seed, "temperature": 1.0} for seed in (0, 1)]
-    tally, refused = local_sweep(chat, "gptq/tiny", gens, lambda _name, need: [need, need + 12])
+    tally, refused = local_sweep(chat, "gptq/tiny", SAMPLED, short_budgets)
     print(tally.report())
     assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
     assert refused == len(MODES) * len(SCHEMAS)

@@ -22,7 +22,7 @@ from chatbot import factory  # noqa: E402
 from model_adapters.local_chat import ChatLocal  # noqa: E402
 from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
-from tests.structured_cases import MODES, SCHEMAS, local_sweep  # noqa: E402
+from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
 
@@ -44,8 +44,9 @@ VLLM_MODELS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def vllm_registry(_registry, models_root):
-    with extra_models(VLLM_MODELS, models_root) as registry:
+def vllm_registry(_registry, models_root, tiny_sp_dir):
+    sp = {**VLLM_MODELS["tiny-vllm"], "path": tiny_sp_dir.name}  # started only if used
+    with extra_models({**VLLM_MODELS, "tiny-sp-vllm": sp}, models_root) as registry:
         yield registry
 
 
@@ -178,15 +179,16 @@ def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
     assert cut.response_metadata.get("stop_sequence") == stop
 
 
-def test_structured_sweep_on_tiny_vllm(engine) -> None:
-    """Issue 13's sweep on vLLM with the tiny model's tokenizer (a byte-level BPE of
-    tokenizers' own, loaded from a HF directory; the real model's comes from a GGUF):
-    every schema as json_schema and as a forced call at the shortest reply and 12 tokens
-    more, sampled at temperature 1; each parses and validates, and one token below the
-    shortest is refused naming max_tokens."""
-    gens = [{"seed": seed, "temperature": 1.0} for seed in (0, 1)]
-    picks = lambda _name, need: [need, need + 12]  # noqa: E731
-    tally, refused = local_sweep(engine.chat_model(), "vllm/tiny", gens, picks)
+@pytest.mark.parametrize("name", ["tiny-vllm", "tiny-sp-vllm"])
+def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
+    """Issue 13's sweep on vLLM with a byte-level BPE vocabulary (tiny-qwen2, the module's
+    engine) and a SentencePiece-style one with `<0xNN>` byte fallback (tiny-sp, its own
+    engine; the real model's is a GGUF-converted byte-level BPE: test_real_vllm.py): every
+    schema as json_schema and as a forced call at the shortest reply and 12 tokens more,
+    sampled at temperature 1; each parses and validates, and one token below the shortest
+    is refused naming max_tokens."""
+    chat = (engine if name == "tiny-vllm" else factory.get_engine(name)).chat_model()
+    tally, refused = local_sweep(chat, f"vllm/{name}", SAMPLED, short_budgets)
     print(tally.report())
     assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
     assert refused == len(MODES) * len(SCHEMAS)
