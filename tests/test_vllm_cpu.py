@@ -196,7 +196,9 @@ def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
     sampled at temperature 1; each parses and validates, and one token below the shortest
     is refused naming max_tokens."""
     chat = (engine if name == "tiny-vllm" else factory.get_engine(name)).chat_model()
-    tally, refused = local_sweep(chat, f"vllm/{name}", SAMPLED, short_budgets)
+    gens = SAMPLED if name == "tiny-vllm" else SAMPLED[:1]  # its own engine is slower
+    tally, refused = local_sweep(chat, f"vllm/{name}", gens, short_budgets)
     print(tally.report())
-    assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
+    cases = len(MODES) * len(SCHEMAS) * 2 * len(gens)
+    assert tally.cases == cases and tally.invalid == 0, tally.report()
     assert refused == len(MODES) * len(SCHEMAS)
