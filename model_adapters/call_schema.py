@@ -12,12 +12,15 @@ control characters and unescaped quotes out of them, and `excludes` does not rea
 them) whose character class also leaves out the first character of every call marker:
 the bounds hold, the JSON parses and no marker can start inside. Escapes are not
 allowed in those strings, a small price for output that always validates.
+The class lists the allowed characters as ranges of literal characters: xgrammar's `.`
+and negated classes also take UTF-8 bytes of surrogates and overlong forms, which decode
+to three U+FFFD each and so break maxLength (a forced call's `"note"` of maxLength 12
+came back 15 characters long).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 _LENGTHS = ("minLength", "maxLength")
@@ -33,11 +36,31 @@ def _bounded_string(node: dict[str, Any]) -> bool:
     )
 
 
+# Scalar values JSON strings may hold unescaped: no control characters, no surrogates.
+_SPANS = ((0x20, 0xD7FF), (0xE000, 0x10FFFF))
+
+
+def _literal(char: str) -> str:
+    return "\\" + char if char in "\\[]^-" else char
+
+
+def _char_class(banned: str) -> str:
+    """A regex class of the allowed characters, as literal ranges, without `banned`."""
+    cuts = sorted({ord(c) for c in banned + '"\\'})
+    parts = []
+    for low, high in _SPANS:
+        for cut in [c for c in cuts if low <= c <= high] + [high + 1]:
+            if low < cut:
+                first, last = _literal(chr(low)), _literal(chr(cut - 1))
+                parts.append(first if low == cut - 1 else f"{first}-{last}")
+            low = cut + 1
+    return "[" + "".join(parts) + "]"
+
+
 def _as_pattern(node: dict[str, Any], banned: str) -> dict[str, Any]:
     low = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
     high = node.get("maxLength") if isinstance(node.get("maxLength"), int) else ""
-    chars = "".join(re.escape(c) for c in sorted(set(banned)))
-    pattern = f"^[^{chars}]{{{low},{high}}}$" if chars else f"^.{{{low},{high}}}$"
+    pattern = f"^{_char_class(banned)}{{{low},{high}}}$"
     rest = {k: v for k, v in node.items() if k not in _LENGTHS}
     return {**rest, "pattern": pattern}
 

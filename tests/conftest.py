@@ -64,6 +64,16 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sp_dir(models_root: Path) -> Path:
+    """A tiny Llama with a SentencePiece-style vocabulary (`▁`, `<0xNN>` byte fallback),
+    built on first use: the tokenizer type the others (byte-level BPE) are not."""
+    from chatbot.tiny_model import build_tiny_model
+
+    out = models_root / "tiny-sp"
+    return build_tiny_model(out, arch="llama", tokenizer_type="sentencepiece", seed=3)
+
+
+@pytest.fixture(scope="session")
 def registry_file(models_root: Path) -> Path:
     path = models_root / "models.yaml"
     path.write_text(MODELS_YAML.format())

@@ -8,6 +8,7 @@ else why not. `Tally` counts cases and invalid replies for the report.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -130,6 +131,14 @@ def ci_budgets(name: str, need: int, mid: bool = True) -> list[int]:
     return [need] + [need + 12] * mid + [256] * (name in SELF_BOUNDED)
 
 
+def short_budgets(_name: str, need: int) -> list[int]:
+    """The sweeps of the other engines and tokenizers: closing at once and after sampling."""
+    return [need, need + 12]
+
+
+SAMPLED = [{"seed": seed, "temperature": 1.0} for seed in (0, 1)]
+
+
 def local_case(chat: Any, schema: dict[str, Any], mode: str, max_tokens: int, **gen: Any):
     """One ChatLocal request; None when valid, else the reason."""
     if mode == "json_schema":
@@ -149,6 +158,32 @@ def local_case(chat: Any, schema: dict[str, Any], mode: str, max_tokens: int, **
     if problem is None and used > max_tokens:
         problem = f"{used} tokens > max_tokens {max_tokens}"
     return problem
+
+
+def local_sweep(
+    chat: Any,
+    label: str,
+    gens: list[dict[str, Any]],
+    picks: Callable[[str, int], list[int]] = ci_budgets,
+) -> tuple[Tally, int]:
+    """Every schema and mode on a ChatLocal at `picks(name, shortest)` max_tokens, once per
+    `gens`; also the number of requests one token below the shortest that were refused
+    with an error naming max_tokens (all of them should be)."""
+    cases: dict[str, Callable[[], str | None]] = {}
+    refused = 0
+    for mode in MODES:
+        for name, schema in SCHEMAS.items():
+            need = shortest(chat, schema, mode)
+            try:
+                local_case(chat, schema, mode, need - 1)
+            except ValueError as exc:
+                refused += "max_tokens" in str(exc)
+            for max_tokens in picks(name, need):
+                for gen in gens:
+                    cases[f"{mode}/{name}@{max_tokens}/{gen}"] = functools.partial(
+                        local_case, chat, schema, mode, max_tokens, **gen
+                    )
+    return Tally(label).run(cases), refused
 
 
 def openai_case(client: Any, model: str, schema: dict[str, Any], mode: str, max_tokens: int, **gen):

@@ -13,6 +13,7 @@ from chatbot import factory
 from chatbot.quantize import is_gptq_checkpoint, load_calibration, quantize
 from tests import test_standard_local as standard
 from tests.extra_models import extra_models
+from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets
 
 if importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("optimum") is None:
     pytest.skip("gptqmodel/optimum not installed (pip install '.[gptq]')", allow_module_level=True)
@@ -101,3 +102,14 @@ class TestGPTQIntegration(standard.TestLocalIntegration):
 def test_quantize_refuses_a_non_model_directory(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="config.json"):
         quantize(tmp_path, tmp_path / "out")
+
+
+def test_structured_sweep_on_gptq() -> None:
+    """Issue 13's sweep on the GPTQ engine: every schema as json_schema and as a forced
+    call, at the shortest reply and 12 tokens more, sampled at temperature 1: each reply
+    parses and validates; one token below the shortest is refused naming max_tokens."""
+    chat = factory.get_engine("tiny-gptq").chat_model()
+    tally, refused = local_sweep(chat, "gptq/tiny", SAMPLED, short_budgets)
+    print(tally.report())
+    assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
+    assert refused == len(MODES) * len(SCHEMAS)

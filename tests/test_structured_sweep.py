@@ -15,13 +15,17 @@ from pydantic import BaseModel, Field
 import chatbot
 from model_adapters.constrained import GuidedConstraint, _backend, tool_call_tag
 from model_adapters.tool_parsers import get_parser
+from tests.extra_models import extra_models
 from tests.structured_cases import (
     MODES,
+    SAMPLED,
     SCHEMAS,
     Tally,
     budgets,
     ci_budgets,
+    local_sweep,
     openai_case,
+    short_budgets,
     shortest,
     tool_for,
 )
@@ -45,13 +49,19 @@ def test_forced_call_grammar_keeps_string_length_bounds_and_excludes_markers(fam
         tool_call_tag([tool_for(CITY)], parser, parallel=parallel)
     )
 
-    def accepts(city: str) -> bool:
-        body = parser.call_begin("record") + f'{{"city": "{city}"}}' + parser.call_end()
+    def accepts(city: str | bytes) -> bool:
+        city = city.encode() if isinstance(city, str) else city
+        head = parser.calls_prefix + parser.call_begin("record") + '{"city": "'
+        tail = '"}' + parser.call_end() + parser.calls_suffix
         matcher = xgr.GrammarMatcher(compiled)
-        text = parser.calls_prefix + body + parser.calls_suffix
-        return matcher.accept_string(text) and matcher.is_completed()
+        return matcher.accept_string(head.encode() + city + tail.encode()) and (
+            matcher.is_completed()
+        )
 
     assert accepts("Oslo") and accepts("abc") and accepts("abcdefghij")
+    assert accepts("Zürich 東京") and accepts("a😀b")
+    # UTF-8 of a surrogate / an overlong form: decoded, three U+FFFD each (too long)
+    assert not accepts(b"ab\xed\xa0\x80") and not accepts(b"ab\xe0\x80\x80")
     assert not accepts("ab")  # minLength 3
     assert not accepts("abcdefghijk")  # maxLength 10
     for marker in (parser.start, parser.end):
@@ -67,12 +77,31 @@ def test_length_bounded_strings_keep_json_strict_in_response_format():
     schema = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 12}}}
     compiled = backend.compile(GuidedConstraint("json_schema", schema))
 
-    def accepts(text: str) -> bool:
+    def accepts(text: str | bytes) -> bool:
         matcher = xgr.GrammarMatcher(compiled)
         return matcher.accept_string(text) and matcher.is_completed()
 
     assert accepts('{"note": "ab"}') and accepts('{"note": "abcdefghijkl"}')
     assert not accepts('{"note": "ab\x14"}') and not accepts('{"note": "abcdefghijklm"}')
+    assert not accepts(b'{"note": "ab\xed\xa0\x80"}')  # a surrogate's UTF-8
+    assert accepts('{"note": "Zürich 東京"}')
+
+
+# --- a SentencePiece-style vocabulary (byte fallback) -----------------------------------
+
+
+def test_sweep_with_a_sentencepiece_vocabulary(tiny_sp_dir, models_root) -> None:
+    """Control characters are `<0xNN>` tokens here, not byte-level symbols: the grammar
+    must still keep them out of JSON strings."""
+    entry = {"path": "tiny-sp", "options": {"dtype": "float32"}}
+    with extra_models({"tiny-sp": entry}, models_root):
+        chat = chatbot.get_chat_model("tiny-sp")
+        info = xgr.TokenizerInfo.from_huggingface(chat.runtime.tokenizer)
+        assert info.vocab_type == xgr.VocabType.BYTE_FALLBACK
+        tally, refused = local_sweep(chat, "local/tiny-sp", SAMPLED, short_budgets)
+    print(tally.report())
+    assert tally.cases == len(MODES) * len(SCHEMAS) * 2 * 2 and tally.invalid == 0, tally.report()
+    assert refused == len(MODES) * len(SCHEMAS)
 
 
 # --- /v1 with the official openai client -------------------------------------------------

@@ -22,6 +22,7 @@ from chatbot import factory  # noqa: E402
 from model_adapters.local_chat import ChatLocal  # noqa: E402
 from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
+from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
 
@@ -43,8 +44,9 @@ VLLM_MODELS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def vllm_registry(_registry, models_root):
-    with extra_models(VLLM_MODELS, models_root) as registry:
+def vllm_registry(_registry, models_root, tiny_sp_dir):
+    sp = {**VLLM_MODELS["tiny-vllm"], "path": tiny_sp_dir.name}  # started only if used
+    with extra_models({**VLLM_MODELS, "tiny-sp-vllm": sp}, models_root) as registry:
         yield registry
 
 
@@ -175,3 +177,28 @@ def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
     stop = full[2:4]
     cut = model.invoke("the weather in paris", stop=[stop], max_tokens=20)
     assert cut.response_metadata.get("stop_sequence") == stop
+
+
+SP_CLOSE_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="issue 13, open: on vLLM with the SentencePiece vocabulary, json_schema "
+    "'nested' at the shortest max_tokens (18) ends at finish_reason length mid-object "
+    '(\'{"user":{"name":"","home":{"\'); transformers closes it in 18',
+)
+
+
+@pytest.mark.parametrize("name", ["tiny-vllm", pytest.param("tiny-sp-vllm", marks=SP_CLOSE_BUG)])
+def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
+    """Issue 13's sweep on vLLM with a byte-level BPE vocabulary (tiny-qwen2, the module's
+    engine) and a SentencePiece-style one with `<0xNN>` byte fallback (tiny-sp, its own
+    engine; the real model's is a GGUF-converted byte-level BPE: test_real_vllm.py): every
+    schema as json_schema and as a forced call at the shortest reply and 12 tokens more,
+    sampled at temperature 1; each parses and validates, and one token below the shortest
+    is refused naming max_tokens."""
+    chat = (engine if name == "tiny-vllm" else factory.get_engine(name)).chat_model()
+    gens = SAMPLED if name == "tiny-vllm" else SAMPLED[:1]  # its own engine is slower
+    tally, refused = local_sweep(chat, f"vllm/{name}", gens, short_budgets)
+    print(tally.report())
+    cases = len(MODES) * len(SCHEMAS) * 2 * len(gens)
+    assert tally.cases == cases and tally.invalid == 0, tally.report()
+    assert refused == len(MODES) * len(SCHEMAS)
