@@ -22,10 +22,14 @@ class LocalEmbeddings(Embeddings):
         self._lock = threading.Lock()  # one encode at a time on the shared weights
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
+        import numpy as np
+
         with self._lock:
-            vectors = self.model.encode(
-                texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            vectors = self.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        # Normalised here in float32: in bfloat16 (dtype auto) a unit vector's squared norm
+        # was 1.0065, and cosine = dot product must hold for the stores.
+        vectors = vectors.astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors.tolist()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
