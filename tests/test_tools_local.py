@@ -135,7 +135,7 @@ def test_call_cut_by_length_is_an_invalid_tool_call_never_a_call():
     its error for LangChain, and no call (its partial text) in OpenAI's format."""
     from chatbot.api.openai.convert import message_to_openai
     from model_adapters.generation import Delta
-    from model_adapters.local_chat import _Output
+    from model_adapters.chat_output import ChatOutput as _Output
     from model_adapters.tool_parsers import get_parser
 
     output = _Output("tiny", get_parser("hermes", tool_names=["get_weather"]))
