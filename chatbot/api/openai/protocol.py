@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from chatbot.api.openai.checks import check_stop, refuse_unsupported, schema_size_error
+
 
 def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
@@ -41,82 +43,6 @@ class OpenAIResponse(BaseModel):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
-
-
-# vLLM's other sampling fields: known, not served. Unknown fields are ignored (as vLLM
-# does); these would change the output, so asking for them is a 400, never dropped.
-UNSUPPORTED_SAMPLING = (
-    "min_tokens",
-    "typical_p",
-    "use_beam_search",
-    "length_penalty",
-    "ignore_eos",
-    "stop_token_ids",
-    "bad_words",
-    "allowed_token_ids",
-    "include_stop_str_in_output",
-    "prompt_logprobs",
-    "truncate_prompt_tokens",
-)
-
-
-def refuse_unsupported(body: BaseModel) -> None:
-    from chatbot.api.errors import bad_request
-
-    for name in UNSUPPORTED_SAMPLING:
-        if (body.model_extra or {}).get(name) not in (None, False, [], 0):
-            raise bad_request(
-                f"{name!r} is not supported by this server.",
-                param=name,
-                code="unsupported_parameter",
-            )
-
-
-# --- cheap checks, before any tokenizing or grammar compilation -----------------------
-
-# OpenAI's documented limit for structured outputs: 5000 object properties in all. A
-# schema past it would spend seconds of CPU (prompt rendering, grammar compilation) only
-# to be refused, so it is refused first. Nodes bound everything else (anyOf, items, ...).
-MAX_SCHEMA_PROPERTIES = 5000
-MAX_SCHEMA_NODES = 50_000
-
-
-def schema_size_error(schemas: list[Any]) -> str | None:
-    """Why these JSON schemas (together) are too large to serve, or None. Iterative: a
-    deeply nested schema costs no recursion."""
-    properties = nodes = 0
-    stack = list(schemas)
-    while stack:
-        node = stack.pop()
-        nodes += 1
-        if isinstance(node, dict):
-            props = node.get("properties")
-            if isinstance(props, dict):
-                properties += len(props)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-        if properties > MAX_SCHEMA_PROPERTIES:
-            return f"the schemas have more than {MAX_SCHEMA_PROPERTIES} properties in all"
-        if nodes > MAX_SCHEMA_NODES:
-            return f"the schemas have more than {MAX_SCHEMA_NODES} JSON values in all"
-    return None
-
-
-def check_text(value: str, what: str = "text") -> str:
-    """A string that is valid Unicode text (JSON allows lone surrogates such as \\ud800,
-    which no tokenizer or encoder takes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode text: {exc.reason}") from None
-    return value
-
-
-def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
-    for stop in [value] if isinstance(value, str) else value or []:
-        check_text(stop, "a stop string")
-    return value
 
 
 # --- chat completions: request -------------------------------------------------------
@@ -203,7 +129,7 @@ class ChatCompletionRequest(OpenAIRequest):
         values = {k: getattr(self, k) for k in (*names, "repetition_penalty")}
         return {**values, "logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
 
-    _stop_is_text = field_validator("stop")(_check_stop)
+    _stop_is_text = field_validator("stop")(check_stop)
 
     @field_validator("tools")
     @classmethod
@@ -361,7 +287,7 @@ class CompletionRequest(OpenAIRequest):
         names = ("presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p")
         return {k: getattr(self, k) for k in (*names, "repetition_penalty")}
 
-    _stop_is_text = field_validator("stop")(_check_stop)
+    _stop_is_text = field_validator("stop")(check_stop)
 
     max_tokens_param: ClassVar[str] = "max_tokens"
 
