@@ -16,6 +16,9 @@ The class lists the allowed characters as ranges of literal characters: xgrammar
 and negated classes also take UTF-8 bytes of surrogates and overlong forms, which decode
 to three U+FFFD each and so break maxLength (a forced call's `"note"` of maxLength 12
 came back 15 characters long).
+
+`tool_call_tag` builds the structural tag that forces tool calls in a parser's format,
+with each call's arguments held to these schemas.
 """
 
 from __future__ import annotations
@@ -93,3 +96,43 @@ def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:
         "max_whitespace_cnt": 1,
         "excludes": markers,
     }
+
+
+# --- forcing tool calls --------------------------------------------------------------
+
+
+def tool_call_tag(
+    tools: list[dict[str, Any]], parser: Any, parallel: bool = True
+) -> dict[str, Any]:
+    """A structural tag for one call (or, with `parallel`, one or more) to `tools`, in
+    `parser`'s format (ToolCallParser: call_begin/call_end, separator, prefix/suffix)."""
+    tags = []
+    for tool in tools:
+        fn = tool["function"]
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        tags.append(
+            {
+                "type": "tag",
+                "begin": parser.call_begin(fn["name"]),
+                "content": call_content(params, [parser.start, parser.end]),
+                "end": parser.call_end(),
+            }
+        )
+    if parallel:
+        fmt: dict[str, Any] = {
+            "type": "tags_with_separator",
+            "tags": tags,
+            "separator": parser.separator,
+            "at_least_one": True,
+            "stop_after_first": False,
+        }
+    else:
+        fmt = tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
+    prefix, suffix = parser.calls_prefix, parser.calls_suffix
+    if prefix or suffix:
+        parts = [{"type": "const_string", "value": prefix}] if prefix else []
+        parts.append(fmt)
+        if suffix:
+            parts.append({"type": "const_string", "value": suffix})
+        fmt = {"type": "sequence", "elements": parts}
+    return {"type": "structural_tag", "format": fmt}

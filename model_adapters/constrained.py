@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from model_adapters.call_schema import call_content, grammar_schema
+from model_adapters.call_schema import grammar_schema
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -356,46 +356,6 @@ def check_constraint(constraint: Constraint, tokenizer: Any, config: Any) -> int
             param="max_tokens",
         )
     return need
-
-
-# --- forcing tool calls --------------------------------------------------------------
-
-
-def tool_call_tag(
-    tools: list[dict[str, Any]], parser: Any, parallel: bool = True
-) -> dict[str, Any]:
-    """A structural tag for one call (or, with `parallel`, one or more) to `tools`, in
-    `parser`'s format (ToolCallParser: call_begin/call_end, separator, prefix/suffix)."""
-    tags = []
-    for tool in tools:
-        fn = tool["function"]
-        params = fn.get("parameters") or {"type": "object", "properties": {}}
-        tags.append(
-            {
-                "type": "tag",
-                "begin": parser.call_begin(fn["name"]),
-                "content": call_content(params, [parser.start, parser.end]),
-                "end": parser.call_end(),
-            }
-        )
-    if parallel:
-        fmt: dict[str, Any] = {
-            "type": "tags_with_separator",
-            "tags": tags,
-            "separator": parser.separator,
-            "at_least_one": True,
-            "stop_after_first": False,
-        }
-    else:
-        fmt = tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
-    prefix, suffix = parser.calls_prefix, parser.calls_suffix
-    if prefix or suffix:
-        parts = [{"type": "const_string", "value": prefix}] if prefix else []
-        parts.append(fmt)
-        if suffix:
-            parts.append({"type": "const_string", "value": suffix})
-        fmt = {"type": "sequence", "elements": parts}
-    return {"type": "structural_tag", "format": fmt}
 
 
 # --- response_format -----------------------------------------------------------------

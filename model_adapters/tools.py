@@ -12,7 +12,8 @@ from typing import Any
 
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from model_adapters.constrained import GuidedConstraint, tool_call_tag
+from model_adapters.call_schema import tool_call_tag
+from model_adapters.constrained import GuidedConstraint
 from model_adapters.generation import Constraint
 from model_adapters.prompting import template_supports_tools
 from model_adapters.tool_parsers import HermesParser, Llama3Parser, MistralParser, ToolCallParser

@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 
 import chatbot
-from model_adapters.constrained import GuidedConstraint, check_constraint, tool_call_tag
+from model_adapters.call_schema import tool_call_tag
+from model_adapters.constrained import GuidedConstraint, check_constraint
 from model_adapters.schema_checks import SchemaError, check_schema
 from model_adapters.tool_parsers import get_parser
 from model_adapters.tool_stream import ToolCallStream

@@ -13,7 +13,8 @@ from openai import BadRequestError, OpenAI
 from pydantic import BaseModel, Field
 
 import chatbot
-from model_adapters.constrained import GuidedConstraint, _backend, tool_call_tag
+from model_adapters.call_schema import tool_call_tag
+from model_adapters.constrained import GuidedConstraint, _backend
 from model_adapters.tool_parsers import get_parser
 from tests.extra_models import extra_models
 from tests.structured_cases import (
