@@ -134,8 +134,8 @@ def test_call_cut_by_length_is_an_invalid_tool_call_never_a_call():
     """A call cut off (auto tool choice, the budget ran out) is an invalid_tool_call with
     its error for LangChain, and no call (its partial text) in OpenAI's format."""
     from chatbot.api.openai.convert import message_to_openai
-    from model_adapters.generation import Delta
     from model_adapters.chat_output import ChatOutput as _Output
+    from model_adapters.generation import Delta
     from model_adapters.tool_parsers import get_parser
 
     output = _Output("tiny", get_parser("hermes", tool_names=["get_weather"]))
