@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from langchain_core.messages import AIMessageChunk
 
 from chatbot.api.anthropic.convert import (
     MessageBuilder,
@@ -35,7 +34,7 @@ from chatbot.api.models import resolve_chat_model
 from chatbot.api.openai.chat import chat_serving
 from chatbot.api.openai.convert import to_langchain_messages
 from chatbot.api.openai.protocol import UsageInfo
-from chatbot.api.openai.serving import Choice, Job, app_state, serve
+from chatbot.api.openai.serving import BuilderWire, Choice, app_state, serve
 from chatbot.api.sse import typed_sse_response
 
 router = APIRouter(tags=["anthropic"])  # included under /v1
@@ -47,29 +46,13 @@ def _error(exc: Exception) -> JSONResponse:
     return error_response(api)
 
 
-class MessagesWire:
-    """Anthropic Messages on the wire (a serving.WireFormat with typed SSE events)."""
+class MessagesWire(BuilderWire):
+    """Anthropic Messages on the wire (typed SSE events; the usage is in message_delta)."""
 
-    def __init__(self, builder: MessageBuilder) -> None:
-        self.builder = builder
-
-    def opening(self, job: Job) -> list[Any]:
-        return self.builder.start()
-
-    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
-        return self.builder.feed(chunk)
-
-    def closing(self, choice: Choice) -> list[Any]:
-        return self.builder.finish()
-
-    def usage(self, usage: UsageInfo) -> list[Any]:
-        return []  # the usage is in message_delta
+    builder: MessageBuilder
 
     def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
-        choice = choices[0]
-        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
-        self.builder.feed(message)
-        self.builder.finish()
+        self.build_whole(choices)
         return JSONResponse(self.builder.message())
 
     def stream_response(self, payloads: AsyncIterator[Any], close: list[Any]) -> Any:

@@ -211,6 +211,34 @@ class WireFormat(Protocol):
     def response(self, choices: list[Choice], usage: UsageInfo) -> Any: ...
 
 
+class BuilderWire:
+    """The WireFormat of an API whose events come from one builder (`start`, `feed`,
+    `finish`): Responses and Messages. Subclasses write the whole response
+    (`response`, after `build_whole`) and their own SSE (`stream_response`)."""
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+
+    def opening(self, job: Job) -> list[Any]:
+        return self.builder.start()
+
+    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
+        return self.builder.feed(chunk)
+
+    def closing(self, choice: Choice) -> list[Any]:
+        return self.builder.finish()
+
+    def usage(self, usage: UsageInfo) -> list[Any]:
+        return []  # the builder puts the usage in its own last events
+
+    def build_whole(self, choices: list[Choice]) -> None:
+        """Feed a non-streamed answer (one choice) through the builder."""
+        choice = choices[0]
+        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
+        self.builder.feed(message)
+        self.builder.finish()
+
+
 @dataclass
 class Serving:
     """A validated request turned into model calls once: name, jobs, deadline, metrics."""

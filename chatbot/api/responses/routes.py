@@ -13,12 +13,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from langchain_core.messages import AIMessageChunk
 
 from chatbot.api.errors import APIError
 from chatbot.api.openai.chat import chat_serving
 from chatbot.api.openai.protocol import UsageInfo
-from chatbot.api.openai.serving import Choice, Job, app_state, serve
+from chatbot.api.openai.serving import BuilderWire, Choice, app_state, serve
 from chatbot.api.responses.builder import ResponseBuilder
 from chatbot.api.responses.convert import chat_request, input_messages
 from chatbot.api.responses.protocol import ResponsesRequest, check_supported, not_found
@@ -47,34 +46,21 @@ async def _history(store: ResponseStore, previous: str | None) -> list[dict[str,
     return stored.messages + input_messages(stored.response["output"], "previous output")
 
 
-class ResponsesWire:
+class ResponsesWire(BuilderWire):
     """The Responses API on the wire (a serving.WireFormat with typed SSE events). A
     stored response is written before its last event, so a client can GET it then."""
+
+    builder: ResponseBuilder
 
     def __init__(
         self, builder: ResponseBuilder, store: ResponseStore | None, conversation: list
     ) -> None:
-        self.builder = builder
+        super().__init__(builder)
         self.store = store  # None: `store: false`
         self.conversation = conversation
 
-    def opening(self, job: Job) -> list[Any]:
-        return self.builder.start()
-
-    def delta(self, job: Job, chunk: AIMessageChunk) -> list[Any]:
-        return self.builder.feed(chunk)
-
-    def closing(self, choice: Choice) -> list[Any]:
-        return self.builder.finish()
-
-    def usage(self, usage: UsageInfo) -> list[Any]:
-        return []  # the usage is in the response object
-
     def response(self, choices: list[Choice], usage: UsageInfo) -> Any:
-        choice = choices[0]
-        message = choice.message if choice.message is not None else AIMessageChunk(choice.text)
-        self.builder.feed(message)
-        self.builder.finish()
+        self.build_whole(choices)
         return self.builder.response()
 
     def stream_response(self, payloads: AsyncIterator[Any], close: list[Any]) -> Any:
