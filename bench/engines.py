@@ -164,6 +164,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds to be ready")
     parser.add_argument("--level-timeout", type=float, default=900, help="seconds per level")
     parser.add_argument("--smoke", action="store_true", help="2 requests at 1,2 streams, 8 tokens")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, alternating the order (forward, reversed, "
+        "...); the table gives each system's median round and the min-max range",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.concurrency, args.max_tokens = 2, "1,2", 8
@@ -194,8 +201,8 @@ def measure(system: str, port: int, args, model: str, tokenizer, results: dict) 
                 stats = loop.run_until_complete(asyncio.wait_for(run, args.level_timeout))
             except TimeoutError:
                 raise TimeoutError(f"c={level} took over {args.level_timeout:.0f}s") from None
-            results[system, level] = stats.row()
-            print(f"  {system} c={level}: {results[system, level]}", file=sys.stderr)
+            results.setdefault((system, level), []).append(stats.row())
+            print(f"  {system} c={level}: {results[system, level][-1]}", file=sys.stderr)
     finally:
         loop.run_until_complete(client.close())
         loop.run_until_complete(loop.shutdown_asyncgens())  # streams cut by a timeout
@@ -228,14 +235,19 @@ def main() -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
-    results: dict[tuple[str, int], dict] = {}
+    results: dict[tuple[str, int], list[dict]] = {}
     notes = []
+    systems = []
     for system in args.systems.split(","):
         reason = skip_reason(system)
         if reason:
             notes.append(f"{system}: skipped ({reason})")
             print(f"skipping {system}: {reason}", file=sys.stderr)
-            continue
+        else:
+            systems.append(system)
+    # Alternating the order spreads slow drifts of the machine's load over every system.
+    order = [s for r in range(args.rounds) for s in (systems if r % 2 == 0 else systems[::-1])]
+    for system in order:
         port = free_port()
         argv, health, model = command(system, port, hf, gguf, config, args.threads, batch)
         log_name = "bench-" + system.replace("/", "-")
@@ -252,23 +264,32 @@ def main() -> None:
     print_results(results, levels, notes, args)
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median tokens/s (the lower middle one of an even count)."""
+    return sorted(rounds, key=lambda r: r["tok_s"])[(len(rounds) - 1) // 2]
+
+
 def print_results(results: dict, levels: list[int], notes: list[str], args) -> None:
+    picked = {key: median_round(rounds) for key, rounds in results.items()}
     rows = []
-    for (system, level), r in results.items():
+    for (system, level), r in picked.items():
         ratios = []
         for ref in ("vllm-server", "llama.cpp-server"):
-            base = results.get((ref, level), {}).get("tok_s")
+            base = picked.get((ref, level), {}).get("tok_s")
             ratios.append(f"{r['tok_s'] / base:.2f}x" if base else "-")
+        speeds = [x["tok_s"] for x in results[system, level]]
+        spread = f"{fmt(min(speeds))}-{fmt(max(speeds))}"
         rows.append(
-            [system, str(level), fmt(r["tok_s"]), fmt(r["ttft_p50"] * 1000, 0),
+            [system, str(level), fmt(r["tok_s"]), spread, fmt(r["ttft_p50"] * 1000, 0),
              fmt(r["itl_p95"] * 1000, 0), str(r["errors"]), *ratios]
         )  # fmt: skip
     rows.sort(key=lambda row: (int(row[1]), SYSTEMS.index(row[0])))
-    header = ["system", "conc", "tok/s", "TTFT p50 ms", "ITL p95 ms", "errors", "x vLLM srv",
-              "x llama.cpp srv"]  # fmt: skip
+    header = ["system", "conc", "tok/s", "range", "TTFT p50 ms", "ITL p95 ms", "errors",
+              "x vLLM srv", "x llama.cpp srv"]  # fmt: skip
     notes = [
         f"{args.requests} requests per level, streaming, greedy, max_tokens {args.max_tokens}, "
-        f"{args.threads} threads; CPU: {os.cpu_count()} logical cores",
+        f"{args.threads} threads, {args.rounds} round(s) (median shown); "
+        f"CPU: {os.cpu_count()} logical cores",
         "ours/transformers: the entry's defaults (dtype auto: bf16 where the CPU has "
         "AMX/AVX512-BF16, prefix cache on, chunked prefill off)",
         *notes,

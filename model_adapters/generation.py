@@ -4,8 +4,8 @@ incremental detokenisation and sampling. Shared by every local engine."""
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +74,28 @@ class Delta:
     stop_sequence: str | None = None  # the stop string that ended the output, if one did
     logprobs: list[TokenLogprob] | None = None  # of the tokens this delta's text came from
     prompt_logprobs: list[TokenLogprob | None] | None = None  # once, first: the prompt's
+
+    def mergeable(self, last: bool = False) -> bool:
+        """Can join the delta after it (`last`: can be joined to the one before it)?
+        Errors and the prompt's logprobs stay deltas of their own; the final delta can
+        only come last."""
+        if self.error is not None or self.prompt_logprobs is not None:
+            return False
+        return last or self.finish_reason is None
+
+    def merged(self, later: Delta) -> Delta:
+        """This delta followed by `later`, as one."""
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = [*(self.logprobs or []), *(later.logprobs or [])]
+        return Delta(
+            text=self.text + later.text,
+            finish_reason=later.finish_reason,
+            prompt_tokens=later.prompt_tokens or self.prompt_tokens,
+            completion_tokens=later.completion_tokens or self.completion_tokens,
+            stop_sequence=later.stop_sequence,
+            logprobs=logprobs,
+        )
 
 
 class StopMatcher:
@@ -219,23 +241,51 @@ def token_logprob(logits: Any, token: int, top: int) -> TokenLogprob:
 
 
 class Sink:
-    """Where a worker thread puts a request's deltas; sync or async readers drain it."""
+    """Where a worker thread puts a request's deltas; sync or async readers drain it.
+
+    A reader that falls behind gets what piled up as one merged delta (as vLLM's output
+    collector does): under load the per-token work above the engine (LangChain chunks,
+    wire-format events) is done once per wake-up, not once per token. The producer
+    wakes the reader only when it is not already woken."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop
-        self._q: queue.Queue[Delta] | asyncio.Queue[Delta]
-        self._q = asyncio.Queue() if loop else queue.Queue()
+        self._ready: deque[Delta] = deque()
+        self._lock = threading.Lock()
+        self._woken = False  # a wake-up is on its way: later puts need not send another
+        self._wake: asyncio.Event | threading.Event
+        self._wake = asyncio.Event() if loop else threading.Event()
 
     def put(self, delta: Delta) -> None:
+        with self._lock:
+            self._ready.append(delta)
+            if self._woken:
+                return
+            self._woken = True
         if self.loop is None:
-            self._q.put_nowait(delta)
+            self._wake.set()
         elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._q.put_nowait, delta)
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    def _take(self) -> Delta | None:
+        """Everything ready, merged into one delta; None (and re-armed) when empty."""
+        with self._lock:
+            if not self._ready:
+                self._woken = False
+                self._wake.clear()
+                return None
+            delta = self._ready.popleft()
+            while self._ready and delta.mergeable() and self._ready[0].mergeable(last=True):
+                delta = delta.merged(self._ready.popleft())
+            return delta
 
     def iter_sync(self, cancel: threading.Event) -> Iterator[Delta]:
         try:
             while True:
-                delta = self._q.get()  # type: ignore[call-arg]
+                delta = self._take()
+                if delta is None:
+                    self._wake.wait()
+                    continue
                 yield delta
                 if delta.finish_reason or delta.error:
                     return
@@ -245,7 +295,10 @@ class Sink:
     async def iter_async(self, cancel: threading.Event) -> AsyncIterator[Delta]:
         try:
             while True:
-                delta = await self._q.get()  # type: ignore[misc]
+                delta = self._take()
+                if delta is None:
+                    await self._wake.wait()  # type: ignore[misc]
+                    continue
                 yield delta
                 if delta.finish_reason or delta.error:
                     return
