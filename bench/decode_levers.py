@@ -79,7 +79,7 @@ def main() -> None:
         batches = [int(b) for b in args.batch.split(",")]
         speeds: dict[tuple[str, int], list[float]] = {}
         for batch in batches:
-            for _name, dtype, static, compiled in variants:  # warm-up: every shape once (and compile)
+            for _name, dtype, static, compiled in variants:  # warm-up: every shape once
                 tokens_per_s(models[dtype, compiled], tokenizer, batch, args.tokens, static)
             for _ in range(args.rounds):
                 for name, dtype, static, compiled in variants:
