@@ -179,15 +179,7 @@ def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
     assert cut.response_metadata.get("stop_sequence") == stop
 
 
-SP_CLOSE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13, open: on vLLM with the SentencePiece vocabulary, json_schema "
-    "'nested' at the shortest max_tokens (18) ends at finish_reason length mid-object "
-    '(\'{"user":{"name":"","home":{"\'); transformers closes it in 18',
-)
-
-
-@pytest.mark.parametrize("name", ["tiny-vllm", pytest.param("tiny-sp-vllm", marks=SP_CLOSE_BUG)])
+@pytest.mark.parametrize("name", ["tiny-vllm", "tiny-sp-vllm"])
 def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
     """Issue 13's sweep on vLLM with a byte-level BPE vocabulary (tiny-qwen2, the module's
     engine) and a SentencePiece-style one with `<0xNN>` byte fallback (tiny-sp, its own
