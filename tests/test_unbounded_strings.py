@@ -6,7 +6,8 @@ decodes to U+FFFD (or a lone surrogate after json.loads). Unbounded strings are 
 as patterns over explicit character ranges (model_adapters.call_schema), like the
 length-bounded ones. Sampled at temperature 1 with a bias toward those bytes (a model
 that likes them), every reply parses, validates and holds no U+FFFD, on a byte-level BPE
-and a SentencePiece-style vocabulary, as a json_schema reply and as a forced call.
+and a SentencePiece-style vocabulary, as a json_schema reply and as a forced call (and
+through vLLM's own grammar: tests/test_vllm_cpu.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ SURROGATE_BYTES = [0xED, *range(0xA0, 0xC0)]  # a surrogate's UTF-8: ED A0..BF 8
 
 
 def _backend_of(chat):
-    return _backend(chat.runtime.tokenizer, chat.runtime.model.config)
+    runtime = chat.runtime  # transformers or vLLM (whose runtime has no `model`)
+    return _backend(runtime.tokenizer, getattr(getattr(runtime, "model", None), "config", None))
 
 
 def _strings(value) -> list[str]:
@@ -60,7 +62,7 @@ def _problem(text: str | None, data) -> str | None:
     return None
 
 
-def _sweep(chat) -> list[str]:
+def utf8_sweep(chat) -> list[str]:
     """Seeded temperature-1 replies, biased toward the bytes of a surrogate."""
     by_bytes = _backend_of(chat).by_bytes
     ids = [by_bytes[bytes([b])] for b in SURROGATE_BYTES if bytes([b]) in by_bytes]
@@ -87,14 +89,14 @@ def _sweep(chat) -> list[str]:
 
 
 def test_unbounded_strings_stay_utf8_byte_level() -> None:
-    bad = _sweep(chatbot.get_chat_model("tiny"))
+    bad = utf8_sweep(chatbot.get_chat_model("tiny"))
     assert not bad, "\n".join(bad)
 
 
 def test_unbounded_strings_stay_utf8_sentencepiece(tiny_sp_dir, models_root) -> None:
     entry = {"path": "tiny-sp", "options": {"dtype": "float32"}}
     with extra_models({"tiny-sp": entry}, models_root):
-        bad = _sweep(chatbot.get_chat_model("tiny-sp"))
+        bad = utf8_sweep(chatbot.get_chat_model("tiny-sp"))
     assert not bad, "\n".join(bad)
 
 
