@@ -64,8 +64,9 @@ _ESCAPE = r'\\(["\\/bfnrt]|u([0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F
 
 def _as_pattern(node: dict[str, Any], banned: str) -> dict[str, Any]:
     low, high = (node.get(k) if isinstance(node.get(k), int) else None for k in _LENGTHS)
-    if low is None and high is None:
-        pattern = f"^({_char_class(banned)}|{_ESCAPE})*$"
+    if low is None and high is None:  # not `(class|escape)*`: 1000x slower masks
+        chars = _char_class(banned)
+        pattern = f"^{chars}*({_ESCAPE}{chars}*)*$"
     else:
         pattern = f"^{_char_class(banned)}{{{low or 0},{'' if high is None else high}}}$"
     rest = {k: v for k, v in node.items() if k not in _LENGTHS}
