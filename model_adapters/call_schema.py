@@ -1,21 +1,23 @@
-"""JSON schemas as handed to xgrammar: length-bounded strings rewritten as patterns.
+"""JSON schemas as handed to xgrammar: plain strings rewritten as patterns.
 
-xgrammar (0.2) gets `minLength`/`maxLength` strings wrong twice:
+xgrammar (0.2) gets strings wrong three ways:
 - its length-bounded string rule lets raw control characters (U+0000-U+001F) through,
   which JSON forbids: a json_schema reply with `"note": "ab\x14"` did not parse;
 - inside a forced tool call, where `excludes` keeps the call markers (`<tool_call>`,
   `[TOOL_CALLS]`, ...) out of argument strings so the parser cannot cut a call short,
   it drops the bounds altogether: `{"city": "a very long name"}` went out as a valid
-  call against `maxLength: 10`.
-Such strings are therefore rewritten as a `pattern` (xgrammar enforces patterns, keeps
-control characters and unescaped quotes out of them, and `excludes` does not reach
-them) whose character class also leaves out the first character of every call marker:
-the bounds hold, the JSON parses and no marker can start inside. Escapes are not
-allowed in those strings, a small price for output that always validates.
-The class lists the allowed characters as ranges of literal characters: xgrammar's `.`
-and negated classes also take UTF-8 bytes of surrogates and overlong forms, which decode
-to three U+FFFD each and so break maxLength (a forced call's `"note"` of maxLength 12
-came back 15 characters long).
+  call against `maxLength: 10`;
+- its string rule (bounded or not), `.` and negated classes also take the UTF-8 bytes of
+  surrogates (ED A0..BF ..) and `\ud800` escapes: byte-level and byte-fallback
+  vocabularies spell them, and the reply decodes to U+FFFD (three per surrogate, which
+  also broke maxLength: a `"note"` of maxLength 12 came back 15 characters long).
+Every string without a pattern, format or fixed value of its own is therefore rewritten
+as a `pattern` (xgrammar enforces patterns, keeps control characters and unescaped
+quotes out of them, and `excludes` does not reach them) over a character class that
+lists the allowed characters as ranges of literal characters and leaves out the first
+character of every call marker: the JSON parses, is valid UTF-8, and no marker can start
+inside. Length-bounded strings take no escapes (each must count as one character);
+unbounded ones also take JSON escapes other than of a surrogate (`\"`, `\n`, `\u003c`).
 
 `tool_call_tag` builds the structural tag that forces tool calls in a parser's format,
 with each call's arguments held to these schemas.
@@ -31,12 +33,8 @@ _LENGTHS = ("minLength", "maxLength")
 _SHAPED = ("pattern", "format", "enum", "const")
 
 
-def _bounded_string(node: dict[str, Any]) -> bool:
-    return (
-        node.get("type") == "string"
-        and any(isinstance(node.get(k), int) for k in _LENGTHS)
-        and not any(k in node for k in _SHAPED)
-    )
+def _plain_string(node: dict[str, Any]) -> bool:
+    return node.get("type") == "string" and not any(k in node for k in _SHAPED)
 
 
 # Scalar values JSON strings may hold unescaped: no control characters, no surrogates.
@@ -60,31 +58,38 @@ def _char_class(banned: str) -> str:
     return "[" + "".join(parts) + "]"
 
 
+# A JSON escape, but not of a surrogate (`\ud800` alone is no character).
+_ESCAPE = r'\\(["\\/bfnrt]|u([0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))'
+
+
 def _as_pattern(node: dict[str, Any], banned: str) -> dict[str, Any]:
-    low = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
-    high = node.get("maxLength") if isinstance(node.get("maxLength"), int) else ""
-    pattern = f"^{_char_class(banned)}{{{low},{high}}}$"
+    low, high = (node.get(k) if isinstance(node.get(k), int) else None for k in _LENGTHS)
+    if low is None and high is None:  # not `(class|escape)*`: 1000x slower masks
+        chars = _char_class(banned)
+        pattern = f"^{chars}*({_ESCAPE}{chars}*)*$"
+    else:
+        pattern = f"^{_char_class(banned)}{{{low or 0},{'' if high is None else high}}}$"
     rest = {k: v for k, v in node.items() if k not in _LENGTHS}
     return {**rest, "pattern": pattern}
 
 
-def bounded_strings_as_patterns(schema: Any, markers: list[str]) -> Any:
-    """A copy of `schema` in which every length-bounded string is a pattern that also
-    keeps out the first character of each marker (see the module docstring)."""
+def strings_as_patterns(schema: Any, markers: list[str]) -> Any:
+    """A copy of `schema` in which every plain string is a pattern that also keeps out
+    the first character of each marker (see the module docstring)."""
     banned = "".join(m[0] for m in markers if m)
     if isinstance(schema, list):
-        return [bounded_strings_as_patterns(item, markers) for item in schema]
+        return [strings_as_patterns(item, markers) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    node = {k: bounded_strings_as_patterns(v, markers) for k, v in schema.items()}
-    return _as_pattern(node, banned) if _bounded_string(node) else node
+    node = {k: strings_as_patterns(v, markers) for k, v in schema.items()}
+    return _as_pattern(node, banned) if _plain_string(node) else node
 
 
 def grammar_schema(schema: Any) -> Any:
     """A response_format schema (dict or JSON text) as compiled, the same for our
     matcher and for vLLM's."""
     parsed = json.loads(schema) if isinstance(schema, str) else schema
-    return bounded_strings_as_patterns(parsed, [])
+    return strings_as_patterns(parsed, [])
 
 
 def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:
@@ -92,7 +97,7 @@ def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:
     markers = [m for m in markers if m]
     return {
         "type": "json_schema",
-        "json_schema": bounded_strings_as_patterns(params, markers),
+        "json_schema": strings_as_patterns(params, markers),
         "max_whitespace_cnt": 1,
         "excludes": markers,
     }

@@ -148,7 +148,7 @@ class _Backend:
         complete = lambda m: m.is_terminated() or m.is_completed()  # noqa: E731
         text = completion_text(matcher, lex, complete, self._fallback, bounds or Bounds())
         return tokenize_plan(
-            matcher, text, self.by_bytes, self.longest, self.stop_ids, self.is_done
+            matcher, text, self.by_bytes, self.longest, self.stop_ids, self.is_done, lex
         )
 
     def min_tokens(self, constraint: Constraint, compiled: Any) -> int:

@@ -9,8 +9,9 @@ steps and time so a pathological grammar fails one request, never the process:
    list depends on whether we are inside a JSON string (tracked by `JsonLex`): there `"`
    closes, while `]` or `}` are ordinary text (the bug this replaces: a run of `]]]]`
    inside a string that never ended);
-2. tokens: that text cut greedily into the longest tokens the matcher accepts, plus a
-   stop token if the grammar still allows more.
+2. tokens: that text cut greedily into the longest tokens the matcher accepts (outside
+   strings a token may add a space the grammar allows: vocabularies merge ` {"name":`),
+   plus a stop token if the grammar still allows more.
 """
 
 from __future__ import annotations
@@ -158,6 +159,35 @@ def completion_text(
     return bytes(out)
 
 
+def _greedy_tokens(
+    sim: Any, text: bytes, by_bytes: dict[bytes, int], longest: int, lex: JsonLex | None
+) -> list[int]:
+    """`text` cut greedily into the longest tokens `sim` accepts. With `lex` (the JSON
+    state where `text` starts), a token outside strings may also carry one leading space
+    the grammar allows there: SentencePiece and byte-level vocabularies merge `▁{"name":`,
+    not `{"name":`, and a grammar that allows any whitespace gets a plan text without it."""
+    tokens: list[int] = []
+    pos = 0
+    while pos < len(text):
+        for n in range(min(longest, len(text) - pos), 0, -1):
+            piece = text[pos : pos + n]
+            spaced = lex is not None and not lex.in_str
+            for word in (piece, b" " + piece) if spaced else (piece,):
+                tok = by_bytes.get(word)
+                if tok is not None and sim.accept_token(tok):
+                    break
+            else:
+                continue
+            tokens.append(tok)
+            if lex is not None:
+                lex.feed(piece)
+            pos += n
+            break
+        else:
+            raise PlanError(f"no token for {text[pos : pos + 8]!r}")
+    return tokens
+
+
 def tokenize_plan(
     matcher: Any,
     text: bytes,
@@ -165,21 +195,20 @@ def tokenize_plan(
     longest: int,
     stop_ids: list[int],
     done: Any,
+    lex: JsonLex | None = None,
 ) -> list[int]:
     """`text` as the fewest tokens (greedy longest match) a fork of `matcher` accepts,
-    then a stop token if the grammar is not over yet."""
+    then a stop token if the grammar is not over yet. Given the JSON state `lex`, tokens
+    may add a space outside strings where the grammar allows it (fewer tokens); if that
+    leads nowhere, the text is cut as it is."""
     sim = matcher.fork()
-    tokens: list[int] = []
-    pos = 0
-    while pos < len(text):
-        for n in range(min(longest, len(text) - pos), 0, -1):
-            tok = by_bytes.get(text[pos : pos + n])
-            if tok is not None and sim.accept_token(tok):
-                tokens.append(tok)
-                pos += n
-                break
-        else:
-            raise PlanError(f"no token for {text[pos : pos + 8]!r}")
+    try:
+        tokens = _greedy_tokens(sim, text, by_bytes, longest, lex.copy() if lex else None)
+    except PlanError:
+        if lex is None:
+            raise
+        sim = matcher.fork()
+        tokens = _greedy_tokens(sim, text, by_bytes, longest, None)
     if not done(sim):
         for stop in stop_ids:
             if sim.accept_token(stop):

@@ -23,6 +23,7 @@ from model_adapters.local_chat import ChatLocal  # noqa: E402
 from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
 from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets  # noqa: E402
+from tests.test_unbounded_strings import utf8_sweep  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
 
@@ -179,15 +180,7 @@ def test_logprobs_sampling_fields_and_stop_sequence(engine) -> None:
     assert cut.response_metadata.get("stop_sequence") == stop
 
 
-SP_CLOSE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13, open: on vLLM with the SentencePiece vocabulary, json_schema "
-    "'nested' at the shortest max_tokens (18) ends at finish_reason length mid-object "
-    '(\'{"user":{"name":"","home":{"\'); transformers closes it in 18',
-)
-
-
-@pytest.mark.parametrize("name", ["tiny-vllm", pytest.param("tiny-sp-vllm", marks=SP_CLOSE_BUG)])
+@pytest.mark.parametrize("name", ["tiny-vllm", "tiny-sp-vllm"])
 def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
     """Issue 13's sweep on vLLM with a byte-level BPE vocabulary (tiny-qwen2, the module's
     engine) and a SentencePiece-style one with `<0xNN>` byte fallback (tiny-sp, its own
@@ -202,3 +195,10 @@ def test_structured_sweep_on_vllm_per_tokenizer(engine, name) -> None:
     cases = len(MODES) * len(SCHEMAS) * 2 * len(gens)
     assert tally.cases == cases and tally.invalid == 0, tally.report()
     assert refused == len(MODES) * len(SCHEMAS)
+
+
+def test_unbounded_strings_stay_utf8_on_vllm(engine) -> None:
+    """tests/test_unbounded_strings.py's seeded, byte-biased sweep through vLLM's own
+    grammar (the schema as call_schema rewrites it) and our budget."""
+    bad = utf8_sweep(engine.chat_model())
+    assert not bad, "\n".join(bad)
