@@ -14,6 +14,7 @@ Models come from the catalog passed in (the server's own); errors are domain err
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,7 +40,7 @@ from pydantic import (
 )
 
 from chains.agent import AgentOutput, agent_runnable, build_agent
-from chains.conversation import build_conversation_chain
+from chains.conversation import build_conversation_chain, get_history, history_url
 from chains.kb import UnknownKB, open_store
 from chains.rag import (
     SYSTEM_PROMPT,
@@ -150,7 +151,7 @@ async def resolve_rag_model(
     kb_name, _, model_name = spec.partition("/")
     entry = catalog.served_entry(model_name or None, "chat")
     try:
-        store = await asyncio.to_thread(open_store, kb_name)
+        store = await asyncio.to_thread(open_store, kb_name, None, catalog.settings)
     except UnknownKB as exc:
         raise ModelNotFoundError(f"rag:{spec}", "chat", str(exc)) from None
     await asyncio.to_thread(catalog.load, entry)
@@ -229,7 +230,8 @@ def _request(model: type[BaseModel], value: Any) -> Any:
 def rag_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(RagRequest, value)
-        return build_rag_chain(model=_model(catalog, req.model), store=req.kb, k=req.k)
+        store = open_store(req.kb, settings=catalog.settings)  # this server's KBs
+        return build_rag_chain(model=_model(catalog, req.model), store=store, k=req.k)
 
     return RunnableLambda(build, name="rag").with_types(
         input_type=RagRequest, output_type=RagOutput
@@ -240,7 +242,11 @@ def conversation_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(ConversationRequest, value)
         model = _model(catalog, req.model)
-        return build_conversation_chain(model, system_prompt=req.system_prompt)
+        url = history_url(catalog.settings)
+        history = functools.partial(get_history, url=url)
+        return build_conversation_chain(
+            model, system_prompt=req.system_prompt, get_session_history=history
+        )
 
     return RunnableLambda(build, name="conversation").with_types(
         input_type=ConversationRequest, output_type=AIMessage
@@ -250,7 +256,8 @@ def conversation_runnable(catalog: ModelCatalog) -> Runnable:
 def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(AgentRequest, value)
-        return agent_runnable(build_agent(_model(catalog, req.model), kb=req.kb))
+        model = _model(catalog, req.model)
+        return agent_runnable(build_agent(model, kb=req.kb, settings=catalog.settings))
 
     return RunnableLambda(build, name="agent").with_types(
         input_type=AgentRequest, output_type=AgentOutput
