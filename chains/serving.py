@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -31,12 +31,12 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
+    field_validator,
 )
 
 from chains.agent import AgentOutput, agent_runnable, build_agent
@@ -54,6 +54,7 @@ from chatbot.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from chatbot.catalog import ModelCatalog
+    from chatbot.settings import Settings
 
 SOURCES = "sources"
 
@@ -182,23 +183,30 @@ OptionalStr = Annotated[
 ]
 
 
-def _existing_kb(name: str | None) -> str | None:
-    """Checked while LangServe validates the input: a bad or unknown knowledge base is a
-    4xx before a stream starts, not an error inside it."""
-    from chains.kb import read_manifest
+class _NamesKB(BaseModel):
+    """A request naming a knowledge base: checked while LangServe validates the input (a
+    bad or unknown knowledge base is a 4xx before a stream starts, not an error inside
+    it), among the KBs of `kb_settings` (`for_settings`: the serving app's)."""
 
-    if name is not None:
-        read_manifest(name)  # KBError (a ValueError): invalid name, or no such KB
-    return name
+    kb_settings: ClassVar[Settings | None] = None
+
+    @field_validator("kb", check_fields=False)
+    @classmethod
+    def _existing_kb(cls, name: str | None) -> str | None:
+        from chains.kb import read_manifest
+
+        if name is not None:
+            read_manifest(name, cls.kb_settings)  # KBError (a ValueError): bad name, no KB
+        return name
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> type[Any]:
+        return type(cls.__name__, (cls,), {"kb_settings": settings, "__module__": cls.__module__})
 
 
-KBName = Annotated[str, AfterValidator(_existing_kb)]
-OptionalKB = Annotated[OptionalStr, AfterValidator(_existing_kb)]
-
-
-class RagRequest(BaseModel):
+class RagRequest(_NamesKB):
     question: str = Field(min_length=1)
-    kb: KBName = Field(description="Knowledge base to answer from (chatbot kb list).")
+    kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
     model: OptionalStr = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
@@ -210,9 +218,9 @@ class ConversationRequest(BaseModel):
     system_prompt: OptionalStr = None
 
 
-class AgentRequest(BaseModel):
+class AgentRequest(_NamesKB):
     input: str = Field(min_length=1)
-    kb: OptionalKB = Field(None, description="Adds a search tool over this knowledge base.")
+    kb: OptionalStr = Field(None, description="Adds a search tool over this knowledge base.")
     model: OptionalStr = None
 
 
@@ -228,13 +236,15 @@ def _request(model: type[BaseModel], value: Any) -> Any:
 
 
 def rag_runnable(catalog: ModelCatalog) -> Runnable:
+    request_type = RagRequest.for_settings(catalog.settings)
+
     def build(value: Any) -> Runnable:
-        req = _request(RagRequest, value)
+        req = _request(request_type, value)
         store = open_store(req.kb, settings=catalog.settings)  # this server's KBs
         return build_rag_chain(model=_model(catalog, req.model), store=store, k=req.k)
 
     return RunnableLambda(build, name="rag").with_types(
-        input_type=RagRequest, output_type=RagOutput
+        input_type=request_type, output_type=RagOutput
     )
 
 
@@ -254,13 +264,15 @@ def conversation_runnable(catalog: ModelCatalog) -> Runnable:
 
 
 def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
+    request_type = AgentRequest.for_settings(catalog.settings)
+
     def build(value: Any) -> Runnable:
-        req = _request(AgentRequest, value)
+        req = _request(request_type, value)
         model = _model(catalog, req.model)
         return agent_runnable(build_agent(model, kb=req.kb, settings=catalog.settings))
 
     return RunnableLambda(build, name="agent").with_types(
-        input_type=AgentRequest, output_type=AgentOutput
+        input_type=request_type, output_type=AgentOutput
     )
 
 
