@@ -145,14 +145,20 @@ class RagChatModel(BaseChatModel):
 
 
 async def resolve_rag_model(
-    spec: str, catalog: ModelCatalog, k: int = 4, **overrides: Any
+    spec: str,
+    catalog: ModelCatalog,
+    k: int = 4,
+    *,
+    settings: Settings | None = None,
+    **overrides: Any,
 ) -> RagChatModel:
     """`"kb"` or `"kb/model"` (the part after `rag:`) -> a RagChatModel; the model must be
-    served (404 otherwise), an unknown KB is a 404 and an empty one a 400."""
+    served (404 otherwise), an unknown KB is a 404 and an empty one a 400. `settings`:
+    the serving app's (default: the process's)."""
     kb_name, _, model_name = spec.partition("/")
     entry = catalog.served_entry(model_name or None, "chat")
     try:
-        store = await asyncio.to_thread(open_store, kb_name, None, catalog.settings)
+        store = await asyncio.to_thread(open_store, kb_name, None, settings)
     except UnknownKB as exc:
         raise ModelNotFoundError(f"rag:{spec}", "chat", str(exc)) from None
     await asyncio.to_thread(catalog.load, entry)
@@ -200,7 +206,7 @@ class _NamesKB(BaseModel):
         return name
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> type[Any]:
+    def for_settings(cls, settings: Settings | None) -> type[Any]:
         return type(cls.__name__, (cls,), {"kb_settings": settings, "__module__": cls.__module__})
 
 
@@ -235,12 +241,12 @@ def _request(model: type[BaseModel], value: Any) -> Any:
     return model.model_validate(data)
 
 
-def rag_runnable(catalog: ModelCatalog) -> Runnable:
-    request_type = RagRequest.for_settings(catalog.settings)
+def rag_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
+    request_type = RagRequest.for_settings(settings)
 
     def build(value: Any) -> Runnable:
         req = _request(request_type, value)
-        store = open_store(req.kb, settings=catalog.settings)  # this server's KBs
+        store = open_store(req.kb, settings=settings)  # this server's KBs
         return build_rag_chain(model=_model(catalog, req.model), store=store, k=req.k)
 
     return RunnableLambda(build, name="rag").with_types(
@@ -248,11 +254,11 @@ def rag_runnable(catalog: ModelCatalog) -> Runnable:
     )
 
 
-def conversation_runnable(catalog: ModelCatalog) -> Runnable:
+def conversation_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(ConversationRequest, value)
         model = _model(catalog, req.model)
-        url = history_url(catalog.settings)
+        url = history_url(settings)
         history = functools.partial(get_history, url=url)
         return build_conversation_chain(
             model, system_prompt=req.system_prompt, get_session_history=history
@@ -263,23 +269,24 @@ def conversation_runnable(catalog: ModelCatalog) -> Runnable:
     )
 
 
-def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
-    request_type = AgentRequest.for_settings(catalog.settings)
+def agent_chain_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
+    request_type = AgentRequest.for_settings(settings)
 
     def build(value: Any) -> Runnable:
         req = _request(request_type, value)
         model = _model(catalog, req.model)
-        return agent_runnable(build_agent(model, kb=req.kb, settings=catalog.settings))
+        return agent_runnable(build_agent(model, kb=req.kb, settings=settings))
 
     return RunnableLambda(build, name="agent").with_types(
         input_type=request_type, output_type=AgentOutput
     )
 
 
-def chain_runnables(catalog: ModelCatalog) -> dict[str, Runnable]:
-    """The chains the server mounts at /chains/{name}, over models of `catalog`."""
+def chain_runnables(catalog: ModelCatalog, settings: Settings | None = None) -> dict[str, Runnable]:
+    """The chains the server mounts at /chains/{name}, over models of `catalog`, with the
+    knowledge bases and histories of `settings` (the app's; default: the process's)."""
     return {
-        "rag": rag_runnable(catalog),
-        "conversation": conversation_runnable(catalog),
-        "agent": agent_chain_runnable(catalog),
+        "rag": rag_runnable(catalog, settings),
+        "conversation": conversation_runnable(catalog, settings),
+        "agent": agent_chain_runnable(catalog, settings),
     }

@@ -153,7 +153,7 @@ def test_agent_route_and_stream_events(base_url, data_dir):  # noqa: F811
     assert playground_ok(base_url, "agent")
 
 
-def test_remote_runnable_client(base_url, docs):
+def test_remote_runnable_client(base_url, docs, app_settings):
     from langserve import RemoteRunnable
 
     rag = RemoteRunnable(f"{base_url}/chains/rag")
@@ -166,7 +166,10 @@ def test_remote_runnable_client(base_url, docs):
     chat = RemoteRunnable(f"{base_url}/chains/conversation")
     reply = chat.invoke({"input": "hello", "session_id": "remote"})
     assert reply.type == "ai"
-    assert [m.type for m in get_history("remote").messages] == ["human", "ai"]
+    assert [m.type for m in get_history("remote", history_url(app_settings)).messages] == [
+        "human",
+        "ai",
+    ]
 
 
 def test_chain_routes_are_documented(base_url):
