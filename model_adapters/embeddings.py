@@ -26,7 +26,8 @@ class LocalEmbeddings(Embeddings):
     With `workers` > 1 (CPU), a call's batches run on that many single-threaded workers at
     once rather than one batch at a time on all cores: small matmuls scale badly across
     cores, and on a shared machine every op's thread barrier waits for the slowest core
-    (2.0x the chunks/s of one 2-thread encode on 2 busy cores; bench/kb_ingest.py).
+    (2-2.6x the chunks/s of one 2-thread encode on 2 busy cores, the same on quiet ones;
+    bench/kb_ingest.py).
     """
 
     def __init__(self, model: Any, name: str, *, workers: int = 1, batch_size: int = 32) -> None:
