@@ -9,7 +9,7 @@ that supports `bind_tools`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
@@ -20,6 +20,9 @@ from pydantic import BaseModel, Field
 
 from chains.rag import chat_model
 from chains.tools import BUILTIN_TOOLS, kb_search_tool
+
+if TYPE_CHECKING:
+    from chatbot.settings import Settings
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Use the tools when they help: the calculator for any "
@@ -36,6 +39,7 @@ def build_agent(
     builtin: bool = True,
     system_prompt: str | None = SYSTEM_PROMPT,
     first_tool_choice: str | None = None,
+    settings: Settings | None = None,
     **agent_kwargs: Any,
 ) -> Any:
     """`create_agent` with the built-in tools (calculator, current time, and KB search if
@@ -43,13 +47,14 @@ def build_agent(
     Returns the compiled graph: `invoke({"messages": [...]})`, `stream(...)`.
 
     `first_tool_choice` ("required" or a tool name) forces a tool call on the first model
-    turn only - small local models rarely choose tools on their own."""
+    turn only - small local models rarely choose tools on their own. `settings`: where the
+    KB lives (default: the process's settings)."""
     all_tools: list[BaseTool | Callable[..., Any]] = list(BUILTIN_TOOLS) if builtin else []
     if kb is not None:
         from chains.kb import read_manifest
 
-        read_manifest(kb)  # an unknown KB is an error now, not at the first question
-        all_tools.append(kb_search_tool(kb))
+        read_manifest(kb, settings)  # an unknown KB is an error now, not at the first question
+        all_tools.append(kb_search_tool(kb, settings=settings))
     all_tools.extend(tools)
     names = [getattr(t, "name", getattr(t, "__name__", "")) for t in all_tools]
     dupes = sorted({n for n in names if names.count(n) > 1})

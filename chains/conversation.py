@@ -34,16 +34,17 @@ from pydantic import BaseModel, Field
 
 from chains.rag import chat_model
 from chains.tokens import DEFAULT_CONTEXT, context_window, output_reserve, token_counter
-from chatbot.settings import get_settings
+from chatbot.settings import Settings, get_settings
 
 _engines: dict[str, Any] = {}
 _engines_lock = threading.Lock()
 MAX_SESSION_ID = 256
 
 
-def history_url() -> str:
-    """settings.history_db, or a SQLite file in settings.data_dir."""
-    settings = get_settings()
+def history_url(settings: Settings | None = None) -> str:
+    """settings.history_db, or a SQLite file in settings.data_dir (default settings: the
+    process's)."""
+    settings = settings or get_settings()
     if settings.history_db:
         return settings.history_db
     data = Path(settings.data_dir).expanduser().resolve()

@@ -40,7 +40,7 @@ from chains.kb import (
 )
 from chains.loaders import CHUNK_OVERLAP, LoadError, SkippedFile, collect_files, iter_chunks
 from chains.stores import is_embedded, open_external_store
-from chatbot.settings import get_settings
+from chatbot.settings import Settings, get_settings
 
 Progress = Callable[[str, int, int], None]  # (file being processed, bytes done, total bytes)
 BATCH = 256  # chunks embedded and added at once: memory holds one batch, not a whole file
@@ -81,15 +81,19 @@ def ingest(
     progress: Progress | None = None,
     strict: bool = False,
     lock_timeout: float = LOCK_TIMEOUT,
+    settings: Settings | None = None,
 ) -> IngestReport:
     """Add or update files (txt, md, pdf, html, code; directories recursively) in KB `name`.
 
     All or nothing: if any file fails, the KB stays as it was and IngestError names it.
     Binary files and files without text are skipped (listed in `report.skipped`), or,
     with `strict`, fail the ingest too. Another ingest into the same KB (any process)
-    is waited for up to `lock_timeout` seconds.
+    is waited for up to `lock_timeout` seconds. `settings`: where KBs live and which
+    vector store (default: the process's settings).
     """
     check_name(name)
+    settings = settings or get_settings()
+    root = kb_root(settings)
     if not paths:
         raise IngestError("no files given to ingest")
     try:
@@ -99,11 +103,11 @@ def ingest(
     if not files:
         raise IngestError(f"no supported files found in: {', '.join(map(str, paths))}")
 
-    with kb_lock(name, lock_timeout):
-        live = live_dir(name)
-        old = read_manifest(name) if live else None
+    with kb_lock(name, root, lock_timeout):
+        live = live_dir(name, root)
+        old = read_manifest(name, settings) if live else None
         emb, emb_name = resolve_embeddings(embeddings, old.embeddings if old else None)
-        embedded = old.store == "faiss" if old else is_embedded(get_settings().vector_store)
+        embedded = old.store == "faiss" if old else is_embedded(settings.vector_store)
         manifest = (
             old.model_copy(deep=True)
             if old
@@ -112,7 +116,7 @@ def ingest(
         if embedded:
             store = load_faiss(live, emb) if live and manifest.chunks else None
         else:
-            store = open_external_store(get_settings().vector_store, name, emb)
+            store = open_external_store(settings.vector_store, name, emb)
         report = IngestReport(kb=name)
         written: list[str] = []  # chunk ids added in this run
         stale: list[str] = []  # ids replaced in an external store, dropped once published
@@ -124,7 +128,7 @@ def ingest(
                 raise IngestError(f"nothing to ingest: {reasons}")
             report.chunks = manifest.chunks
             if report.added or report.updated or live is None:
-                _publish(name, manifest, store if embedded else None)
+                _publish(root / name, manifest, store if embedded else None)
         except BaseException:
             if not embedded and written and store is not None:
                 with contextlib.suppress(Exception):  # best effort: leave no orphans
@@ -227,9 +231,9 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _publish(name: str, manifest: Manifest, store: VectorStore | None) -> None:
-    """Write a complete new version, then atomically point CURRENT at it."""
-    home = kb_root() / name
+def _publish(home: Path, manifest: Manifest, store: VectorStore | None) -> None:
+    """Write a complete new version in the KB's directory `home`, then atomically point
+    CURRENT at it."""
     home.mkdir(parents=True, exist_ok=True)
     version = f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     target = home / version

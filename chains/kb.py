@@ -12,6 +12,9 @@ replaces its old chunks instead of duplicating them.
 
 With a server-grade store (settings.vector_store, see chains.stores) the chunks live in
 the server and only the manifest is kept here.
+
+The public functions take the caller's `settings` (the CLI's, the HTTP app's); without,
+the process's (`get_settings()`). Helpers below them take the paths they need.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, Field
 
 from chains.stores import is_embedded, open_external_store
-from chatbot.settings import get_settings
+from chatbot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,8 @@ class KBInfo(BaseModel):
 # --- paths and manifests -----------------------------------------------------------
 
 
-def kb_root() -> Path:
-    return Path(get_settings().data_dir).expanduser() / "kb"
+def kb_root(settings: Settings | None = None) -> Path:
+    return Path((settings or get_settings()).data_dir).expanduser() / "kb"
 
 
 def check_name(name: str) -> str:
@@ -109,10 +112,9 @@ def _thread_lock(name: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def kb_lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Exclusive right to change KB `name`: threads of this process and other processes
-    (two `chatbot kb ingest` at once) take turns; each sees the other's files."""
-    root = kb_root()
+def kb_lock(name: str, root: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Exclusive right to change KB `name` under `root`: threads of this process and other
+    processes (two `chatbot kb ingest` at once) take turns; each sees the other's files."""
     root.mkdir(parents=True, exist_ok=True)
     # Outside the KB's own directory: delete_kb renames that away.
     lock = filelock.FileLock(root / f".{name}.lock", timeout=timeout)
@@ -134,22 +136,23 @@ def kb_lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
             lock.release()
 
 
-def live_dir(name: str) -> Path | None:
-    pointer = kb_root() / name / CURRENT
+def live_dir(name: str, root: Path) -> Path | None:
+    pointer = root / name / CURRENT
     try:
         version = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    live = kb_root() / name / version
+    live = root / name / version
     return live if live.is_dir() else None
 
 
-def list_kbs() -> list[KBInfo]:
-    root = kb_root()
+def list_kbs(settings: Settings | None = None) -> list[KBInfo]:
+    settings = settings or get_settings()
+    root = kb_root(settings)
     infos = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if _NAME.match(child.name) and live_dir(child.name) is not None:
-            m = read_manifest(child.name)
+        if _NAME.match(child.name) and live_dir(child.name, root) is not None:
+            m = read_manifest(child.name, settings)
             infos.append(
                 KBInfo(
                     name=child.name,
@@ -162,10 +165,10 @@ def list_kbs() -> list[KBInfo]:
     return infos
 
 
-def read_manifest(name: str) -> Manifest:
-    live = live_dir(check_name(name))
+def read_manifest(name: str, settings: Settings | None = None) -> Manifest:
+    live = live_dir(check_name(name), kb_root(settings))
     if live is None:
-        known = [info.name for info in list_kbs()]
+        known = [info.name for info in list_kbs(settings)]
         raise UnknownKB(
             f"unknown knowledge base {name!r} (known: {known or 'none'}); "
             f"create it with: chatbot kb ingest {name} PATH..."
@@ -194,21 +197,24 @@ def resolve_embeddings(
 # --- reading -------------------------------------------------------------------------
 
 
-def open_store(name: str, embeddings: str | Embeddings | None = None) -> VectorStore:
+def open_store(
+    name: str, embeddings: str | Embeddings | None = None, settings: Settings | None = None
+) -> VectorStore:
     """The vector store of knowledge base `name` (UnknownKB / EmptyKB if there is none)."""
-    manifest = read_manifest(name)
+    settings = settings or get_settings()
+    manifest = read_manifest(name, settings)
     if manifest.chunks == 0:
         raise EmptyKB(f"knowledge base {name!r} is empty: ingest some files first")
     emb, _ = resolve_embeddings(embeddings, manifest.embeddings)
     if manifest.store != "faiss":
-        spec = get_settings().vector_store
+        spec = settings.vector_store
         if is_embedded(spec):
             raise KBError(
                 f"knowledge base {name!r} lives in a vector-store server: set "
                 "CHATBOT_VECTOR_STORE to it"
             )
         return open_external_store(spec, name, emb)
-    live = live_dir(name)
+    live = live_dir(name, kb_root(settings))
     assert live is not None
     key = (str(live), id(emb))  # a version directory never changes once published
     with _locks_guard:
@@ -229,19 +235,21 @@ def load_faiss(folder: Path, emb: Embeddings) -> VectorStore:
     return FAISS.load_local(str(folder), emb, allow_dangerous_deserialization=True)
 
 
-def search(name: str, query: str, k: int = 4) -> list[Document]:
-    return open_store(name).similarity_search(query, k=k)
+def search(name: str, query: str, k: int = 4, settings: Settings | None = None) -> list[Document]:
+    return open_store(name, settings=settings).similarity_search(query, k=k)
 
 
-def delete_kb(name: str) -> None:
+def delete_kb(name: str, settings: Settings | None = None) -> None:
     """Remove knowledge base `name` (UnknownKB if there is none)."""
-    with kb_lock(name):
-        manifest = read_manifest(name)
+    settings = settings or get_settings()
+    root = kb_root(settings)
+    with kb_lock(name, root):
+        manifest = read_manifest(name, settings)
         if manifest.store != "faiss" and manifest.chunks:
             emb, _ = resolve_embeddings(None, manifest.embeddings)
-            store = open_external_store(get_settings().vector_store, name, emb)
+            store = open_external_store(settings.vector_store, name, emb)
             store.delete([i for f in manifest.files.values() for i in f.ids])
-        home = kb_root() / name
-        trash = kb_root() / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+        home = root / name
+        trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
         os.replace(home, trash)  # one rename: the KB is gone at once, then cleaned up
         shutil.rmtree(trash, ignore_errors=True)

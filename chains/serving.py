@@ -14,8 +14,9 @@ Models come from the catalog passed in (the server's own); errors are domain err
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -30,16 +31,16 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
+    field_validator,
 )
 
 from chains.agent import AgentOutput, agent_runnable, build_agent
-from chains.conversation import build_conversation_chain
+from chains.conversation import build_conversation_chain, get_history, history_url
 from chains.kb import UnknownKB, open_store
 from chains.rag import (
     SYSTEM_PROMPT,
@@ -53,6 +54,7 @@ from chatbot.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from chatbot.catalog import ModelCatalog
+    from chatbot.settings import Settings
 
 SOURCES = "sources"
 
@@ -143,14 +145,20 @@ class RagChatModel(BaseChatModel):
 
 
 async def resolve_rag_model(
-    spec: str, catalog: ModelCatalog, k: int = 4, **overrides: Any
+    spec: str,
+    catalog: ModelCatalog,
+    k: int = 4,
+    *,
+    settings: Settings | None = None,
+    **overrides: Any,
 ) -> RagChatModel:
     """`"kb"` or `"kb/model"` (the part after `rag:`) -> a RagChatModel; the model must be
-    served (404 otherwise), an unknown KB is a 404 and an empty one a 400."""
+    served (404 otherwise), an unknown KB is a 404 and an empty one a 400. `settings`:
+    the serving app's (default: the process's)."""
     kb_name, _, model_name = spec.partition("/")
     entry = catalog.served_entry(model_name or None, "chat")
     try:
-        store = await asyncio.to_thread(open_store, kb_name)
+        store = await asyncio.to_thread(open_store, kb_name, None, settings)
     except UnknownKB as exc:
         raise ModelNotFoundError(f"rag:{spec}", "chat", str(exc)) from None
     await asyncio.to_thread(catalog.load, entry)
@@ -181,23 +189,30 @@ OptionalStr = Annotated[
 ]
 
 
-def _existing_kb(name: str | None) -> str | None:
-    """Checked while LangServe validates the input: a bad or unknown knowledge base is a
-    4xx before a stream starts, not an error inside it."""
-    from chains.kb import read_manifest
+class _NamesKB(BaseModel):
+    """A request naming a knowledge base: checked while LangServe validates the input (a
+    bad or unknown knowledge base is a 4xx before a stream starts, not an error inside
+    it), among the KBs of `kb_settings` (`for_settings`: the serving app's)."""
 
-    if name is not None:
-        read_manifest(name)  # KBError (a ValueError): invalid name, or no such KB
-    return name
+    kb_settings: ClassVar[Settings | None] = None
+
+    @field_validator("kb", check_fields=False)
+    @classmethod
+    def _existing_kb(cls, name: str | None) -> str | None:
+        from chains.kb import read_manifest
+
+        if name is not None:
+            read_manifest(name, cls.kb_settings)  # KBError (a ValueError): bad name, no KB
+        return name
+
+    @classmethod
+    def for_settings(cls, settings: Settings | None) -> type[Any]:
+        return type(cls.__name__, (cls,), {"kb_settings": settings, "__module__": cls.__module__})
 
 
-KBName = Annotated[str, AfterValidator(_existing_kb)]
-OptionalKB = Annotated[OptionalStr, AfterValidator(_existing_kb)]
-
-
-class RagRequest(BaseModel):
+class RagRequest(_NamesKB):
     question: str = Field(min_length=1)
-    kb: KBName = Field(description="Knowledge base to answer from (chatbot kb list).")
+    kb: str = Field(description="Knowledge base to answer from (chatbot kb list).")
     model: OptionalStr = Field(None, description="Served chat model (default: the default).")
     k: int = Field(4, ge=1, le=50, description="Passages to retrieve.")
 
@@ -209,9 +224,9 @@ class ConversationRequest(BaseModel):
     system_prompt: OptionalStr = None
 
 
-class AgentRequest(BaseModel):
+class AgentRequest(_NamesKB):
     input: str = Field(min_length=1)
-    kb: OptionalKB = Field(None, description="Adds a search tool over this knowledge base.")
+    kb: OptionalStr = Field(None, description="Adds a search tool over this knowledge base.")
     model: OptionalStr = None
 
 
@@ -226,41 +241,52 @@ def _request(model: type[BaseModel], value: Any) -> Any:
     return model.model_validate(data)
 
 
-def rag_runnable(catalog: ModelCatalog) -> Runnable:
+def rag_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
+    request_type = RagRequest.for_settings(settings)
+
     def build(value: Any) -> Runnable:
-        req = _request(RagRequest, value)
-        return build_rag_chain(model=_model(catalog, req.model), store=req.kb, k=req.k)
+        req = _request(request_type, value)
+        store = open_store(req.kb, settings=settings)  # this server's KBs
+        return build_rag_chain(model=_model(catalog, req.model), store=store, k=req.k)
 
     return RunnableLambda(build, name="rag").with_types(
-        input_type=RagRequest, output_type=RagOutput
+        input_type=request_type, output_type=RagOutput
     )
 
 
-def conversation_runnable(catalog: ModelCatalog) -> Runnable:
+def conversation_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
     def build(value: Any) -> Runnable:
         req = _request(ConversationRequest, value)
         model = _model(catalog, req.model)
-        return build_conversation_chain(model, system_prompt=req.system_prompt)
+        url = history_url(settings)
+        history = functools.partial(get_history, url=url)
+        return build_conversation_chain(
+            model, system_prompt=req.system_prompt, get_session_history=history
+        )
 
     return RunnableLambda(build, name="conversation").with_types(
         input_type=ConversationRequest, output_type=AIMessage
     )
 
 
-def agent_chain_runnable(catalog: ModelCatalog) -> Runnable:
+def agent_chain_runnable(catalog: ModelCatalog, settings: Settings | None = None) -> Runnable:
+    request_type = AgentRequest.for_settings(settings)
+
     def build(value: Any) -> Runnable:
-        req = _request(AgentRequest, value)
-        return agent_runnable(build_agent(_model(catalog, req.model), kb=req.kb))
+        req = _request(request_type, value)
+        model = _model(catalog, req.model)
+        return agent_runnable(build_agent(model, kb=req.kb, settings=settings))
 
     return RunnableLambda(build, name="agent").with_types(
-        input_type=AgentRequest, output_type=AgentOutput
+        input_type=request_type, output_type=AgentOutput
     )
 
 
-def chain_runnables(catalog: ModelCatalog) -> dict[str, Runnable]:
-    """The chains the server mounts at /chains/{name}, over models of `catalog`."""
+def chain_runnables(catalog: ModelCatalog, settings: Settings | None = None) -> dict[str, Runnable]:
+    """The chains the server mounts at /chains/{name}, over models of `catalog`, with the
+    knowledge bases and histories of `settings` (the app's; default: the process's)."""
     return {
-        "rag": rag_runnable(catalog),
-        "conversation": conversation_runnable(catalog),
-        "agent": agent_chain_runnable(catalog),
+        "rag": rag_runnable(catalog, settings),
+        "conversation": conversation_runnable(catalog, settings),
+        "agent": agent_chain_runnable(catalog, settings),
     }

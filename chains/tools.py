@@ -6,9 +6,13 @@ import ast
 import math
 import operator
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from langchain_core.tools import BaseTool, tool
+
+if TYPE_CHECKING:
+    from chatbot.settings import Settings
 
 MAX_EXPRESSION = 500
 MAX_EXPONENT = 10_000
@@ -120,8 +124,9 @@ def current_time(timezone: str = "UTC") -> str:
     return datetime.now(zone).isoformat(timespec="seconds")
 
 
-def kb_search_tool(kb: str, k: int = 4) -> BaseTool:
-    """A tool that searches knowledge base `kb` and returns passages with their sources."""
+def kb_search_tool(kb: str, k: int = 4, settings: Settings | None = None) -> BaseTool:
+    """A tool that searches knowledge base `kb` (of `settings`, default the process's) and
+    returns passages with their sources."""
     from chains.kb import KBError, search
     from chains.rag import format_context
 
@@ -129,7 +134,7 @@ def kb_search_tool(kb: str, k: int = 4) -> BaseTool:
     def search_knowledge_base(query: str) -> str:
         """Search the knowledge base for passages about the query; cite their sources."""
         try:
-            docs = search(kb, query, k=k)
+            docs = search(kb, query, k=k, settings=settings)
         except KBError as exc:
             return f"error: {exc}"
         return format_context(docs) or "no passages found"

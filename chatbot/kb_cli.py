@@ -48,6 +48,7 @@ def ingest(
     binary and empty ones too (with a warning) unless --strict."""
     from chains.ingest import ingest as do_ingest
     from chains.kb import KBError
+    from chatbot.settings import get_settings
 
     columns = (
         TextColumn("{task.description}"),
@@ -72,6 +73,7 @@ def ingest(
                 progress=report,
                 strict=strict,
                 lock_timeout=lock_timeout,
+                settings=get_settings(),  # the CLI is an entry point: the process's
             )
         except (KBError, ValueError, KeyError, FileNotFoundError) as exc:
             _fail(str(exc).strip("'\""))
@@ -91,8 +93,9 @@ def ingest(
 def list_() -> None:
     """Knowledge bases with their file and chunk counts."""
     from chains.kb import list_kbs
+    from chatbot.settings import get_settings
 
-    infos = list_kbs()
+    infos = list_kbs(get_settings())
     if not infos:
         console.print("no knowledge bases yet: chatbot kb ingest NAME PATH...")
         return
@@ -109,12 +112,14 @@ def delete(
 ) -> None:
     """Delete a knowledge base and its index."""
     from chains.kb import KBError, delete_kb, read_manifest
+    from chatbot.settings import get_settings
 
+    settings = get_settings()
     try:
-        read_manifest(name)
+        read_manifest(name, settings)
         if not yes:
             typer.confirm(f"delete knowledge base {name!r}?", abort=True)
-        delete_kb(name)
+        delete_kb(name, settings)
     except KBError as exc:
         _fail(str(exc))
     console.print(f"deleted {name}")

@@ -152,3 +152,28 @@ def test_embeddings_follow_the_entry_dtype(catalogs) -> None:
     ours = np.array(engine.embeddings().embed_documents(texts))
     ref = np.array(exact.embeddings().embed_documents(texts))
     assert (ours * ref).sum(axis=1).min() > 0.99
+
+
+def test_embeddings_on_parallel_workers_match_one_encode(catalogs) -> None:
+    # `threads: 2` on CPU: a call's batches run on two single-threaded workers. The
+    # vectors match sentence-transformers' own encode, in the callers' order, and the
+    # caller's torch thread count is left alone (OpenMP's count is per thread).
+    import numpy as np
+    import torch
+
+    a, _ = catalogs
+    engine = a.engine("minilm", "embeddings")
+    opts = engine.entry.options.model_copy(update={"threads": 2, "batch_size": 3})
+    parallel = type(engine)(engine.entry.model_copy(update={"options": opts}), a.settings)
+    try:
+        before = torch.get_num_threads()
+        texts = [f"{word} " * n for n, word in enumerate(["river", "library", "harbour"] * 4, 1)]
+        ours = np.array(parallel.embeddings().embed_documents(texts))
+        assert parallel.embeddings()._pool is not None  # the workers ran, not encode()
+        ref = parallel.model.encode(texts).astype(np.float32)
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+        assert ours.shape == (len(texts), ref.shape[1])
+        assert (ours * ref).sum(axis=1).min() > 0.999
+        assert torch.get_num_threads() == before
+    finally:
+        parallel.close()

@@ -223,3 +223,23 @@ def test_external_store_failed_ingest_leaves_no_orphans(data_dir, tmp_path, monk
     assert dict(_MEMORY["ext2"].store) == before
     assert list(kb.read_manifest("ext2").files) == [str((corpus / "fruit.txt").resolve())]
     get_settings.cache_clear()
+
+
+def test_kbs_live_where_the_callers_settings_say(data_dir, tmp_path):  # noqa: F811
+    # The chains take the caller's settings (the CLI's, an app's); the process's settings
+    # are only the default. Two data dirs hold two separate sets of knowledge bases.
+    from chatbot.settings import get_settings
+
+    other = get_settings().model_copy(update={"data_dir": tmp_path / "elsewhere"})
+    corpus = write_corpus(tmp_path / "docs")
+    report = ingest("mine", [corpus / "fruit.txt"], embeddings="minilm", settings=other)
+    assert report.chunks >= 1
+    assert (tmp_path / "elsewhere" / "kb" / "mine" / "CURRENT").is_file()
+    assert [i.name for i in kb.list_kbs(other)] == ["mine"]
+    assert "mine" not in [i.name for i in kb.list_kbs()]
+    with pytest.raises(kb.UnknownKB):
+        kb.read_manifest("mine")
+    found = kb.search("mine", "yellow fruit", k=1, settings=other)
+    assert Path(found[0].metadata["source"]).name == "fruit.txt"
+    kb.delete_kb("mine", other)
+    assert kb.list_kbs(other) == []

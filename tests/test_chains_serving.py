@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chains.conversation import get_history
+from chains.conversation import get_history, history_url
 from chains.ingest import ingest
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 from tests.server_utils import start_server
@@ -16,18 +16,28 @@ from tests.test_chains_kb import write_corpus
 
 
 @pytest.fixture(scope="module")
-def base_url(_registry):
-    from chatbot.api import create_app
+def app_settings(tmp_path_factory):
+    """The server's own settings: its KBs and histories live in its data_dir, whatever
+    the process's settings say (`data_dir` points those elsewhere)."""
     from chatbot.settings import Settings
 
-    app = create_app(Settings(api_keys=[], cors_origins=[]), show_progress=False)
+    data = tmp_path_factory.mktemp("app-data")
+    return Settings(api_keys=[], cors_origins=[], data_dir=data)
+
+
+@pytest.fixture(scope="module")
+def base_url(_registry, app_settings):
+    from chatbot.api import create_app
+
+    app = create_app(app_settings, show_progress=False)
     with start_server(app, wait_ready=True) as url:
         yield url
 
 
 @pytest.fixture
-def docs(data_dir, tmp_path):  # noqa: F811
-    ingest("docs", [write_corpus(tmp_path / "docs")], embeddings="minilm")
+def docs(data_dir, tmp_path, app_settings):  # noqa: F811
+    corpus = write_corpus(tmp_path / "docs")
+    ingest("docs", [corpus], embeddings="minilm", settings=app_settings)
     return "docs"
 
 
@@ -105,7 +115,7 @@ def test_rag_chain_route_unknown_kb(base_url, data_dir):  # noqa: F811
     assert out.status_code in (400, 404) and "nope" in out.text
 
 
-def test_conversation_route_persists_history(base_url, data_dir):  # noqa: F811
+def test_conversation_route_persists_history(base_url, data_dir, app_settings):  # noqa: F811
     for text in ("Hello there", "And again"):
         out = httpx.post(
             f"{base_url}/chains/conversation/invoke",
@@ -114,8 +124,9 @@ def test_conversation_route_persists_history(base_url, data_dir):  # noqa: F811
         )
         assert out.status_code == 200, out.text
         assert out.json()["output"]["type"] == "ai"
-    history = get_history("web-1").messages
+    history = get_history("web-1", history_url(app_settings)).messages
     assert [m.type for m in history] == ["human", "ai", "human", "ai"]
+    assert get_history("web-1").messages == []  # not in the process's data_dir
     assert history[2].text == "And again"
 
 
@@ -142,7 +153,7 @@ def test_agent_route_and_stream_events(base_url, data_dir):  # noqa: F811
     assert playground_ok(base_url, "agent")
 
 
-def test_remote_runnable_client(base_url, docs):
+def test_remote_runnable_client(base_url, docs, app_settings):
     from langserve import RemoteRunnable
 
     rag = RemoteRunnable(f"{base_url}/chains/rag")
@@ -155,7 +166,10 @@ def test_remote_runnable_client(base_url, docs):
     chat = RemoteRunnable(f"{base_url}/chains/conversation")
     reply = chat.invoke({"input": "hello", "session_id": "remote"})
     assert reply.type == "ai"
-    assert [m.type for m in get_history("remote").messages] == ["human", "ai"]
+    assert [m.type for m in get_history("remote", history_url(app_settings)).messages] == [
+        "human",
+        "ai",
+    ]
 
 
 def test_chain_routes_are_documented(base_url):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from chains import kb
-from chains.conversation import get_history
+from chains.conversation import get_history, history_url
 from tests.chains_fakes import data_dir  # noqa: F401 - fixture
 from tests.server_utils import start_server
 
@@ -24,12 +24,17 @@ def app_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(_registry, app_data):
-    from chatbot.api import create_app
+def app_settings(app_data):
     from chatbot.settings import Settings
 
-    settings = Settings(api_keys=["sk-ui"], cors_origins=[], data_dir=app_data)
-    app = create_app(settings, show_progress=False)
+    return Settings(api_keys=["sk-ui"], cors_origins=[], data_dir=app_data)
+
+
+@pytest.fixture(scope="module")
+def url(_registry, app_settings):
+    from chatbot.api import create_app
+
+    app = create_app(app_settings, show_progress=False)
     with start_server(app) as base:
         yield base
 
@@ -56,10 +61,13 @@ def test_the_page_and_its_files_are_public_and_packaged(url):
     ).is_file()
 
 
-def test_conversations_list_read_append_delete(url, data_dir):  # noqa: F811
+def test_conversations_list_read_append_delete(url, data_dir, app_settings):  # noqa: F811
     from langchain_core.messages import AIMessage, HumanMessage
 
-    get_history("s1").add_messages([HumanMessage("First question"), AIMessage("answer")])
+    # The app's history (its settings), not the process's.
+    history = get_history("s1", history_url(app_settings))
+    history.add_messages([HumanMessage("First question"), AIMessage("answer")])
+    assert get_history("s1").messages == []
     listed = httpx.get(f"{url}/ui/api/conversations", headers=KEY).json()["data"]
     assert listed == [{"session_id": "s1", "title": "First question", "messages": 2}]
 
@@ -103,7 +111,12 @@ def test_upload_of_one_name_twice_is_a_400(url, data_dir):  # noqa: F811
     assert r.status_code == 400 and "twice" in r.json()["error"]["message"]
 
 
-def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir, app_data):  # noqa: F811
+def test_upload_ingests_with_progress_and_the_cli_rules(
+    url,
+    data_dir,  # noqa: F811
+    app_data,
+    app_settings,
+):
     r = _upload(url, "notes", [("a.md", b"# A\nalpha text\n"), ("b.txt", b"beta text\n")])
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -113,7 +126,8 @@ def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir, app_data)
     assert {line["file"] for line in steps} >= {"a.md", "b.txt"}
     report = lines[-1]["report"]
     assert sorted(Path(p).name for p in report["added"]) == ["a.md", "b.txt"]
-    assert [i.name for i in kb.list_kbs()] == ["notes"]
+    assert [i.name for i in kb.list_kbs(app_settings)] == ["notes"]  # the app's KBs
+    assert kb.list_kbs() == []  # not the process's
     assert httpx.get(f"{url}/ui/api/kbs", headers=KEY).json()["data"][0]["files"] == 2
 
     # The same file again: unchanged; changed: updated (not duplicated).
@@ -136,4 +150,4 @@ def test_upload_ingests_with_progress_and_the_cli_rules(url, data_dir, app_data)
     assert bad_name.status_code == 400 and "invalid knowledge-base name" in bad_name.text
     assert _upload(url, ".hidden", [("a.md", b"x")]).status_code == 400
     assert _upload(url, "notes", [(".env", b"x")]).status_code == 400
-    assert [i.files for i in kb.list_kbs()] == [2]
+    assert [i.files for i in kb.list_kbs(app_settings)] == [2]

@@ -90,7 +90,7 @@ def create_app(
     app.include_router(anthropic_routes.router, prefix="/v1")  # Anthropic Messages
     app.include_router(admin.router)  # /admin/models: the model pool
     langserve_routes.add_model_routes(app, catalog)
-    langserve_routes.add_chain_routes(app, catalog)  # /chains/{rag,conversation,agent}
+    langserve_routes.add_chain_routes(app, catalog, settings)  # /chains/{rag,conversation,agent}
     app.include_router(ui.router)  # the chat page at / and its /ui/api routes
     app.add_middleware(langserve_routes.StreamErrorEvents)  # innermost: sees the exception
     ops.install_middleware(

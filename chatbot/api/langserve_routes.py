@@ -21,6 +21,7 @@ from chains.serving import chain_runnables
 from chatbot.api.errors import APIError, from_exception, log_error
 from chatbot.api.models import ChatInput, chat_runnable
 from chatbot.catalog import ModelCatalog
+from chatbot.settings import Settings
 
 
 def add_runnable_routes(app: FastAPI, path: str, runnable: Runnable, **kwargs: Any) -> None:
@@ -120,10 +121,13 @@ def chat_playground_types(runnable: Runnable) -> Runnable:
     return runnable.with_types(input_type=ChatModelInput, output_type=ChatModelOutput)
 
 
-def add_chain_routes(app: FastAPI, catalog: ModelCatalog) -> list[str]:
-    """`/chains/{rag,conversation,agent}` (chains.serving); returns the paths added."""
+def add_chain_routes(
+    app: FastAPI, catalog: ModelCatalog, settings: Settings | None = None
+) -> list[str]:
+    """`/chains/{rag,conversation,agent}` (chains.serving) over the KBs and histories of
+    `settings` (the app's); returns the paths added."""
     paths = []
-    for name, runnable in chain_runnables(catalog).items():
+    for name, runnable in chain_runnables(catalog, settings).items():
         add_runnable_routes(app, f"/chains/{name}", runnable)
         paths.append(f"/chains/{name}")
     return paths

@@ -40,6 +40,7 @@ from chatbot.api.errors import APIError, from_validation
 from chatbot.catalog import ModelCatalog
 from chatbot.engines import Engine
 from chatbot.registry import ModelEntry
+from chatbot.settings import Settings
 from model_adapters.capabilities import model_capabilities
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,14 @@ async def load_engine(catalog: ModelCatalog, entry: ModelEntry) -> Engine:
     return await asyncio.to_thread(catalog.load, entry)
 
 
-async def resolve_chat_model(catalog: ModelCatalog, name: str | None, **overrides: Any) -> Runnable:
-    """The chat model a request named, with per-request generation overrides applied."""
+async def resolve_chat_model(
+    catalog: ModelCatalog, name: str | None, *, settings: Settings | None = None, **overrides: Any
+) -> Runnable:
+    """The chat model a request named, with per-request generation overrides applied;
+    `settings`: the app's (where `rag:<kb>` knowledge bases live)."""
     if name and name.startswith("rag:"):  # a knowledge base: "rag:<kb>" or "rag:<kb>/<model>"
-        return await resolve_rag_model(name.removeprefix("rag:"), catalog, **overrides)
+        spec = name.removeprefix("rag:")
+        return await resolve_rag_model(spec, catalog, settings=settings, **overrides)
     entry = catalog.served_entry(name, "chat")
     await load_engine(catalog, entry)
     try:

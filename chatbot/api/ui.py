@@ -70,37 +70,39 @@ async def config(request: Request) -> dict[str, Any]:
 
 
 @api.get("/kbs")
-async def kbs() -> dict[str, Any]:
+async def kbs(request: Request) -> dict[str, Any]:
     from chains.kb import list_kbs
 
-    return {"data": [i.model_dump() for i in await asyncio.to_thread(list_kbs)]}
+    infos = await asyncio.to_thread(list_kbs, request.app.state.chatbot.settings)
+    return {"data": [i.model_dump() for i in infos]}
 
 
 @api.get("/conversations")
-async def conversations() -> dict[str, Any]:
-    from chains.conversation import list_sessions
+async def conversations(request: Request) -> dict[str, Any]:
+    from chains.conversation import history_url, list_sessions
 
-    return {"data": [s.model_dump() for s in await asyncio.to_thread(list_sessions)]}
+    url = history_url(request.app.state.chatbot.settings)
+    return {"data": [s.model_dump() for s in await asyncio.to_thread(list_sessions, url)]}
 
 
-def _history(session_id: str) -> Any:
-    from chains.conversation import get_history
+def _history(request: Request, session_id: str) -> Any:
+    from chains.conversation import get_history, history_url
 
     try:
-        return get_history(session_id)
+        return get_history(session_id, history_url(request.app.state.chatbot.settings))
     except ValueError as exc:
         raise APIError(400, str(exc), param="session_id") from None
 
 
 @api.get("/conversations/{session_id}")
-async def conversation(session_id: str) -> dict[str, Any]:
-    messages = await _history(session_id).aget_messages()
+async def conversation(request: Request, session_id: str) -> dict[str, Any]:
+    messages = await _history(request, session_id).aget_messages()
     return {"session_id": session_id, "messages": messages_to_dict(messages)}
 
 
 @api.delete("/conversations/{session_id}")
-async def delete_conversation(session_id: str) -> dict[str, Any]:
-    await _history(session_id).aclear()
+async def delete_conversation(request: Request, session_id: str) -> dict[str, Any]:
+    await _history(request, session_id).aclear()
     return {"session_id": session_id, "deleted": True}
 
 
@@ -111,14 +113,14 @@ class Turn(BaseModel):
 
 
 @api.post("/conversations/{session_id}/messages")
-async def add_turn(session_id: str, turn: Turn) -> dict[str, Any]:
+async def add_turn(request: Request, session_id: str, turn: Turn) -> dict[str, Any]:
     """Keep a knowledge-base or agent turn in the conversation (those chains keep no
     history themselves), so that it is there after a reload."""
     try:
         messages = messages_from_dict(turn.messages)
     except (KeyError, ValueError, TypeError) as exc:
         raise APIError(400, f"messages: invalid message ({exc})", param="messages") from None
-    await _history(session_id).aadd_messages(messages)
+    await _history(request, session_id).aadd_messages(messages)
     return {"session_id": session_id, "added": len(messages)}
 
 
@@ -183,7 +185,8 @@ async def upload(
     if len(set(names)) != len(names):  # one previous version per name can be kept aside
         dup = next(n for n in names if names.count(n) > 1)
         raise APIError(400, f"files: {dup!r} is uploaded twice", param="files")
-    folder = _upload_dir(request.app.state.chatbot.settings, name)  # this app's, not global
+    settings = request.app.state.chatbot.settings  # this app's, not the process's
+    folder = _upload_dir(settings, name)
     paths, kept = await asyncio.to_thread(_save, uploads, folder)
     try:
         if not collect_files(paths):
@@ -201,7 +204,7 @@ async def upload(
 
     async def lines() -> AsyncIterator[bytes]:
         task = asyncio.ensure_future(
-            asyncio.to_thread(ingest.ingest, name, paths, progress=progress)
+            asyncio.to_thread(ingest.ingest, name, paths, progress=progress, settings=settings)
         )
         while not (task.done() and queue.empty()):
             getter = asyncio.ensure_future(queue.get())

@@ -49,7 +49,10 @@ class EngineOptions(BaseModel):
     trust_remote_code: bool = False
     max_model_len: int | None = Field(None, ge=1)
     # CPU threads (torch / llama.cpp); None: CHATBOT_THREADS, else the physical cores.
+    # Embeddings on CPU run that many single-threaded encode workers instead.
     threads: int | None = Field(None, ge=1)
+    # Embeddings: texts per forward pass (32 was the fastest on CPU; bench/kb_ingest.py).
+    batch_size: int = Field(32, ge=1)
 
 
 class Replica(BaseModel):

@@ -74,7 +74,7 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> Any:
     try:
         check_supported(body)
         state = app_state(request)
-        model = await resolve_chat_model(state.catalog, body.model)
+        model = await resolve_chat_model(state.catalog, body.model, settings=state.settings)
         messages = to_langchain_messages(chat_messages(body))
         tools = chat_tools(body)
         prompt_ids = getattr(model, "prompt_ids", None)

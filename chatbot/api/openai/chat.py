@@ -182,7 +182,9 @@ async def chat_serving(
     messages = to_langchain_messages([m.model_dump(exclude_none=True) for m in body.messages])
     name = state.catalog.default_name(body.model)
     overrides = body.generation_overrides()
-    model = await resolve_chat_model(state.catalog, body.model, **overrides)
+    model = await resolve_chat_model(
+        state.catalog, body.model, settings=state.settings, **overrides
+    )
     param = max_tokens_param or body.max_tokens_param
     check_max_tokens(state.catalog, name, overrides.get("max_tokens"), param)
     runnable, kwargs = bind_tools(model, body, name)

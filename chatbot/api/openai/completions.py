@@ -138,7 +138,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         raise bad_request("'best_of' other than n is not supported.", param="best_of")
     prompts = _prompts(body.prompt)
     name = state.catalog.default_name(body.model)
-    model: Any = await resolve_chat_model(state.catalog, body.model, **body.generation_overrides())
+    model: Any = await resolve_chat_model(
+        state.catalog, body.model, settings=state.settings, **body.generation_overrides()
+    )
     check_max_tokens(state.catalog, name, body.max_tokens)
     stop = body.stop_sequences()
     raw = getattr(model, "astream_prompt", None)  # a local model: no chat template
