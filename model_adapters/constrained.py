@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from model_adapters.call_schema import grammar_schema
+from model_adapters.call_schema import free_object_schema, grammar_schema
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -115,9 +115,8 @@ class _Backend:
             schema = json.dumps(grammar_schema(parsed))  # bounded strings: call_schema
             return self.compiler.compile_json_schema(schema, **json_opts)
         if kind == "json_object":
-            return self.compiler.compile_json_schema(
-                '{"type": "object"}', strict_mode=False, **json_opts
-            )
+            schema = json.dumps(free_object_schema())  # our strings, as for json_schema
+            return self.compiler.compile_json_schema(schema, **json_opts)
         if kind == "structural_tag":
             for schema in _schemas_in(spec):
                 check_schema(schema)
