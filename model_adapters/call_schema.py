@@ -18,6 +18,7 @@ lists the allowed characters as ranges of literal characters and leaves out the 
 character of every call marker: the JSON parses, is valid UTF-8, and no marker can start
 inside. Length-bounded strings take no escapes (each must count as one character);
 unbounded ones also take JSON escapes other than of a surrogate (`\"`, `\n`, `\u003c`).
+`json_object` is compiled as `free_object_schema()`, so its strings are held the same way.
 
 `tool_call_tag` builds the structural tag that forces tool calls in a parser's format,
 with each call's arguments held to these schemas.
@@ -90,6 +91,18 @@ def grammar_schema(schema: Any) -> Any:
     matcher and for vLLM's."""
     parsed = json.loads(schema) if isinstance(schema, str) else schema
     return strings_as_patterns(parsed, [])
+
+
+def free_object_schema() -> dict[str, Any]:
+    """`json_object` as a schema: any object, its keys and string values (at any depth)
+    held to the same pattern as plain strings (xgrammar's own `{"type": "object"}` uses
+    its string rule there, surrogate bytes and all)."""
+    text = _as_pattern({"type": "string"}, "")
+    value = {"$ref": "#/$defs/value"}
+    obj = {"type": "object", "propertyNames": text, "additionalProperties": value}
+    scalars = [{"type": t} for t in ("number", "boolean", "null")]
+    array = {"type": "array", "items": value}
+    return {"$defs": {"value": {"anyOf": [text, *scalars, array, obj]}}, **obj}
 
 
 def call_content(params: dict[str, Any], markers: list[str]) -> dict[str, Any]:

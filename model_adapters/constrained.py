@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from model_adapters.call_schema import grammar_schema
+from model_adapters.call_schema import free_object_schema, grammar_schema
 from model_adapters.generation import Constraint
 from model_adapters.grammar_plan import Bounds, JsonLex, PlanError, completion_text, tokenize_plan
 from model_adapters.schema_checks import check_schema
@@ -100,16 +100,23 @@ class _Backend:
         self.lock = threading.Lock()  # guards the scratch bitmask and the cost cache
         self.min_costs: OrderedDict[str, int] = OrderedDict()
 
-    def compile(self, constraint: Constraint, any_whitespace: bool = False) -> Any:
+    def compile(
+        self,
+        constraint: Constraint,
+        any_whitespace: bool = False,
+        separators: tuple[str, str] | None = None,
+    ) -> Any:
+        """`separators` (item, key) as xgrammar takes them; None: its default (", ", ": ")
+        unless any_whitespace."""
         kind, spec = constraint.kind, constraint.spec
+        json_opts = {"any_whitespace": any_whitespace, "separators": separators}
         if kind == "json_schema":
             check_schema(parsed := json.loads(spec) if isinstance(spec, str) else spec)
             schema = json.dumps(grammar_schema(parsed))  # bounded strings: call_schema
-            return self.compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
+            return self.compiler.compile_json_schema(schema, **json_opts)
         if kind == "json_object":
-            return self.compiler.compile_json_schema(
-                '{"type": "object"}', any_whitespace=any_whitespace, strict_mode=False
-            )
+            schema = json.dumps(free_object_schema())  # our strings, as for json_schema
+            return self.compiler.compile_json_schema(schema, **json_opts)
         if kind == "structural_tag":
             for schema in _schemas_in(spec):
                 check_schema(schema)
@@ -325,10 +332,15 @@ def compile_constraint(
     return GrammarMatcher(backend, compiled, max_tokens)
 
 
-def _compiled(backend: _Backend, constraint: Constraint, any_whitespace: bool = False) -> Any:
+def _compiled(
+    backend: _Backend,
+    constraint: Constraint,
+    any_whitespace: bool = False,
+    separators: tuple[str, str] | None = None,
+) -> Any:
     source = getattr(constraint, "source", "response_format")
     try:
-        return backend.compile(constraint, any_whitespace)
+        return backend.compile(constraint, any_whitespace, separators)
     except ValueError as exc:
         raise ConstraintError(f"{source}: {exc}", param=source) from exc
     except Exception as exc:  # noqa: BLE001 - xgrammar raises several types for bad specs

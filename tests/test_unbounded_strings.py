@@ -28,6 +28,7 @@ FREE = {
     "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
     "required": ["a", "b"],
 }
+OBJECT = ({"type": "json_object"}, {"type": "object"})
 SEEDS = range(4)
 SURROGATE_BYTES = [0xED, *range(0xA0, 0xC0)]  # a surrogate's UTF-8: ED A0..BF 80..BF
 
@@ -47,12 +48,12 @@ def _strings(value) -> list[str]:
     return []
 
 
-def _problem(text: str | None, data) -> str | None:
+def _problem(text: str | None, data, schema=FREE) -> str | None:
     """Why a reply is not clean: U+FFFD in the text, a lone surrogate, invalid JSON."""
     if text is not None and "\ufffd" in text:
         return f"U+FFFD in {text!r}"
     try:
-        jsonschema.validate(data, FREE)
+        jsonschema.validate(data, schema)
         for s in _strings(data):
             s.encode("utf-8")
             if "\ufffd" in s:
@@ -69,14 +70,16 @@ def utf8_sweep(chat) -> list[str]:
     assert len(ids) == len(SURROGATE_BYTES)  # every byte has its own token here
     gen = {"temperature": 1.0, "max_tokens": 48, "logit_bias": {str(i): 6 for i in ids}}
     bad = []
+    formats = {"json_schema": (response_format(FREE), FREE), "json_object": OBJECT}
     for seed in SEEDS:
-        reply = chat.invoke(PROMPT, response_format=response_format(FREE), seed=seed, **gen)
-        try:
-            data = json.loads(reply.content)
-        except ValueError:
-            data = None
-        problem = _problem(reply.content, data)
-        bad += [f"json_schema/{seed}: {problem}"] if problem else []
+        for kind, (fmt, schema) in formats.items():  # json_object: keys, nested values
+            reply = chat.invoke(PROMPT, response_format=fmt, seed=seed, **gen)
+            try:
+                data = json.loads(reply.content)
+            except ValueError:
+                data = None
+            problem = _problem(reply.content, data, schema)
+            bad += [f"{kind}/{seed}: {problem}"] if problem else []
         bound = chat.bind_tools([tool_for(FREE)], tool_choice=TOOL)
         call = bound.invoke(PROMPT, seed=seed, **gen)
         if len(call.tool_calls) != 1 or call.invalid_tool_calls:
@@ -100,12 +103,12 @@ def test_unbounded_strings_stay_utf8_sentencepiece(tiny_sp_dir, models_root) -> 
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("kind", ["json_schema", "structural_tag"])
+@pytest.mark.parametrize("kind", ["json_schema", "json_object", "structural_tag"])
 def test_unbounded_string_grammar_takes_escapes_and_no_surrogates(kind) -> None:
     """Escapes still work in free text; surrogates, in bytes or escaped, do not."""
     chat = chatbot.get_chat_model("tiny")
     backend = _backend_of(chat)
-    if kind == "json_schema":
+    if kind != "structural_tag":
         compiled, head, tail = backend.compile(GuidedConstraint(kind, FREE)), "", ""
     else:
         from model_adapters.call_schema import tool_call_tag
@@ -127,3 +130,19 @@ def test_unbounded_string_grammar_takes_escapes_and_no_surrogates(kind) -> None:
     assert accepts(b'say \\"hi\\"\\n\\t\\\\ \\/ \\u00e9 \\uE000 \\uD7FF')
     assert not accepts(b"ab\xed\xa0\x80") and not accepts(b"ab\xed\xbf\xbf")
     assert not accepts(b"\\ud800") and not accepts(b"\\uDFFF") and not accepts(b"a\x14")
+
+
+def test_json_object_keys_and_nested_strings_have_no_surrogates() -> None:
+    """json_object's free-form parts: keys and strings at any depth (the bug: xgrammar's
+    own `{"type": "object"}` grammar took surrogate bytes in all of them)."""
+    compiled = _backend_of(chatbot.get_chat_model("tiny")).compile(
+        GuidedConstraint("json_object", None)
+    )
+
+    def accepts(text: bytes) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        return matcher.accept_string(text) and matcher.is_completed()
+
+    assert accepts(b"{}") and accepts('{"\u00e9 k": [1, {"x": null}], "b": "Zürich"}'.encode())
+    for bad in (b'{"k\xed\xa0\x80": 1}', b'{"a": ["\xed\xa0\x80"]}', b'{"a": {"\\ud800": 1}}'):
+        assert not accepts(bad), bad

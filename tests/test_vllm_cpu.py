@@ -22,12 +22,21 @@ from chatbot import factory  # noqa: E402
 from model_adapters.local_chat import ChatLocal  # noqa: E402
 from tests import test_standard_local as standard  # noqa: E402
 from tests.extra_models import extra_models  # noqa: E402
-from tests.structured_cases import MODES, SAMPLED, SCHEMAS, local_sweep, short_budgets  # noqa: E402
+from tests.structured_cases import (  # noqa: E402
+    MODES,
+    SAMPLED,
+    SCHEMAS,
+    local_case,
+    local_sweep,
+    short_budgets,
+    shortest,
+)
 from tests.test_unbounded_strings import utf8_sweep  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # 2 shared cores: don't pin
 
 KV_BYTES = 256 * 2**20
+COMPACT = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 VLLM_MODELS = {
     "tiny-vllm": {
         "path": "tiny-qwen2",
@@ -46,8 +55,11 @@ VLLM_MODELS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def vllm_registry(_registry, models_root, tiny_sp_dir):
-    sp = {**VLLM_MODELS["tiny-vllm"], "path": tiny_sp_dir.name}  # started only if used
-    with extra_models({**VLLM_MODELS, "tiny-sp-vllm": sp}, models_root) as registry:
+    base = VLLM_MODELS["tiny-vllm"]
+    sp = {**base, "path": tiny_sp_dir.name}  # started only if used
+    compact = {**base, "options": {**base["options"], **COMPACT}}  # started only if used
+    extra = {**VLLM_MODELS, "tiny-sp-vllm": sp, "tiny-vllm-compact": compact}
+    with extra_models(extra, models_root) as registry:
         yield registry
 
 
@@ -202,3 +214,23 @@ def test_unbounded_strings_stay_utf8_on_vllm(engine) -> None:
     grammar (the schema as call_schema rewrites it) and our budget."""
     bad = utf8_sweep(engine.chat_model())
     assert not bad, "\n".join(bad)
+
+
+def test_compact_json_closes_within_budget(engine, caplog) -> None:
+    """`disable_any_whitespace: true` (an engine option): vLLM compiles JSON with
+    separators (",", ":"); our budget matcher must follow that same grammar (the bug: it
+    compiled xgrammar's compact default, (", ", ": "), lost vLLM's text at the first key and
+    stopped steering, so tight budgets ended at "length" mid-object)."""
+    compact = factory.get_engine("tiny-vllm-compact")
+    assert compact.runtime.engine.vllm_config.structured_outputs_config.disable_any_whitespace
+    chat = compact.chat_model()
+    schema = SCHEMAS["nested"]
+    need = shortest(chat, schema, "json_schema")
+    problems = {}
+    for max_tokens in (need, need + 1, need + 4, need + 12):
+        for gen in SAMPLED:
+            problem = local_case(chat, schema, "json_schema", max_tokens, **gen)
+            if problem is not None:
+                problems[f"{max_tokens}/{gen}"] = problem
+    assert not problems, problems
+    assert "left our grammar" not in caplog.text

@@ -18,6 +18,11 @@ from model_adapters.generation import Constraint, IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
+# vLLM's xgrammar backend compiles JSON with these when `disable_any_whitespace` is set
+# (vllm/v1/structured_output/backend_xgrammar.py); xgrammar's own compact default is
+# (", ", ": "), and the two grammars reject each other's text.
+VLLM_COMPACT_SEPARATORS = (",", ":")
+
 
 def wants_budget(constraint: Constraint | None) -> bool:
     """Only constraints that carry a budget (GuidedConstraint.max_tokens) are steered."""
@@ -32,7 +37,8 @@ def _matcher(
     from model_adapters.constrained import GrammarMatcher, _backend, _compiled
 
     backend = _backend(tokenizer, config)
-    compiled = _compiled(backend, constraint, any_whitespace)
+    separators = None if any_whitespace else VLLM_COMPACT_SEPARATORS
+    compiled = _compiled(backend, constraint, any_whitespace, separators)
     max_tokens = getattr(constraint, "max_tokens", None)
     return GrammarMatcher(backend, compiled, min(budget, max_tokens or budget))
 

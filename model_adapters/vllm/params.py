@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from chatbot.registry import ModelEntry
-from model_adapters.call_schema import grammar_schema
+from model_adapters.call_schema import free_object_schema, grammar_schema
 from model_adapters.generation import Constraint, GenerationRequest, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def structured_outputs(constraint: Constraint | None) -> Any:
     if constraint.kind == "json_schema":
         return StructuredOutputsParams(json=grammar_schema(spec))  # as our matcher compiles it
     if constraint.kind == "json_object":
-        return StructuredOutputsParams(json_object=True)
+        return StructuredOutputsParams(json=free_object_schema())  # as our matcher
     if constraint.kind == "regex":
         return StructuredOutputsParams(regex=spec)
     if constraint.kind == "ebnf":
