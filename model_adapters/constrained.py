@@ -368,35 +368,3 @@ def check_constraint(constraint: Constraint, tokenizer: Any, config: Any) -> int
             param="max_tokens",
         )
     return need
-
-
-# --- response_format -----------------------------------------------------------------
-
-
-def response_format_constraint(response_format: Any, max_tokens: int) -> Constraint | None:
-    """OpenAI `response_format` ({"type": "json_schema" | "json_object" | "text"}, or a
-    pydantic class as LangChain allows) -> a constraint; a clear error for anything else."""
-    if response_format is None:
-        return None
-    if isinstance(response_format, type):
-        from langchain_core.utils.function_calling import convert_to_json_schema
-
-        schema = convert_to_json_schema(response_format)
-        return GuidedConstraint("json_schema", schema, max_tokens=max_tokens)
-    if not isinstance(response_format, dict):
-        raise ValueError(
-            f"response_format: expected an object, got {type(response_format).__name__}"
-        )
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return GuidedConstraint("json_object", None, max_tokens=max_tokens)
-    if kind == "json_schema":
-        body = response_format.get("json_schema")
-        if not isinstance(body, dict) or not isinstance(body.get("schema"), dict):
-            raise ValueError("response_format.json_schema.schema: a JSON schema object is required")
-        return GuidedConstraint("json_schema", body["schema"], max_tokens=max_tokens)
-    raise ValueError(
-        f"response_format.type: expected 'text', 'json_object' or 'json_schema', got {kind!r}"
-    )

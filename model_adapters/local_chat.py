@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from chatbot.engines import Engine
 from model_adapters.chat_output import ChatOutput, sampling_fields
-from model_adapters.constrained import check_constraint, response_format_constraint
+from model_adapters.constrained import check_constraint
 from model_adapters.generation import GenerationRequest, stream_async, stream_sync
 from model_adapters.messages import to_chat_dicts
 from model_adapters.offload import Offloader
 from model_adapters.prompting import encode, render_chat
 from model_adapters.runtime import Runtime
-from model_adapters.structured import structured_output_runnable
+from model_adapters.structured import response_format_constraint, structured_output_runnable
 from model_adapters.tool_parsers import PARSERS, get_parser
 from model_adapters.tools import (
     add_tools_to_messages,

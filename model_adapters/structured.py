@@ -22,6 +22,9 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
+from model_adapters.constrained import GuidedConstraint
+from model_adapters.generation import Constraint
+
 METHODS = ("json_schema", "function_calling", "json_mode")
 
 
@@ -80,3 +83,30 @@ def structured_output_runnable(
     failed = RunnablePassthrough.assign(parsed=lambda _: None)
     with_fallback = parsed.with_fallbacks([failed], exception_key="parsing_error")
     return RunnableMap(raw=llm) | with_fallback
+
+
+def response_format_constraint(response_format: Any, max_tokens: int) -> Constraint | None:
+    """OpenAI `response_format` ({"type": "json_schema" | "json_object" | "text"}, or a
+    pydantic class as LangChain allows) -> a constraint; a clear error for anything else."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, type):
+        schema = convert_to_json_schema(response_format)
+        return GuidedConstraint("json_schema", schema, max_tokens=max_tokens)
+    if not isinstance(response_format, dict):
+        raise ValueError(
+            f"response_format: expected an object, got {type(response_format).__name__}"
+        )
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GuidedConstraint("json_object", None, max_tokens=max_tokens)
+    if kind == "json_schema":
+        body = response_format.get("json_schema")
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), dict):
+            raise ValueError("response_format.json_schema.schema: a JSON schema object is required")
+        return GuidedConstraint("json_schema", body["schema"], max_tokens=max_tokens)
+    raise ValueError(
+        f"response_format.type: expected 'text', 'json_object' or 'json_schema', got {kind!r}"
+    )
