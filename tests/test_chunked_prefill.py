@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from model_adapters.generation import GenerationRequest, Sink
-from model_adapters.transformers.chunked import ChunkedPrefill, chunk_option
+from model_adapters.transformers.chunked import DEFAULT_PREFILL_CHUNK, ChunkedPrefill, chunk_option
 from model_adapters.transformers.prefix_cache import PrefixCacheOptions
 from model_adapters.transformers.runtime import HFRuntime
 
@@ -146,7 +146,7 @@ def test_prompt_logprobs_are_not_chunked(runtimes: tuple[HFRuntime, HFRuntime]) 
 
 def test_option() -> None:
     assert chunk_option(64) == 64
-    assert chunk_option(None) is None  # off unless asked for
+    assert chunk_option(None) == DEFAULT_PREFILL_CHUNK  # on unless turned off
     assert chunk_option(0) is None and chunk_option(False) is None
     for bad in (True, 8, "512", 1.5):
         with pytest.raises(ValueError, match="prefill_chunk"):
